@@ -1,0 +1,65 @@
+"""`unirl prompts` and `unirl render`: prompt sets and their scenes in the shapes world."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from unirl_kit.cli.common import CONFIG_OPTION, OVERRIDES_ARG, resolve, split_positional, user_errors
+
+
+def prompts(
+    world: Optional[str] = typer.Option(None, help="shapes or coco [default: shapes]"),
+    n: Optional[int] = typer.Option(None, "--n", help="number of prompts [default: 120]"),
+    seed: Optional[int] = typer.Option(None, help="sampling seed [default: 0]"),
+    exclude: Optional[Path] = typer.Option(None, help="prompts file whose prompts must not appear"),
+    out: Optional[Path] = typer.Option(None, help="output prompts JSONL"),
+    config: Optional[Path] = CONFIG_OPTION,
+    overrides: Optional[list[str]] = OVERRIDES_ARG,
+) -> None:
+    """Write GenEval-style metadata lines (all six tags) with UniRL questions and answers."""
+    _prompts(world, n, seed, exclude, out, config, overrides)
+
+
+@user_errors
+def _prompts(world, n, seed, exclude, out, config, overrides) -> None:
+    from unirl_kit.prompts.cmd import PromptsConfig, run_prompts
+
+    cfg = resolve(PromptsConfig, config, dict(world=world, n=n, seed=seed, exclude=exclude and str(exclude),
+                                               out=out and str(out)), overrides or [])
+    specs = run_prompts(cfg)
+    typer.echo(f"wrote {len(specs)} prompts to {cfg.out}")
+
+
+def render(
+    prompts_file: Optional[str] = typer.Argument(None, metavar="PROMPTS.jsonl", show_default=False),
+    images_per_prompt: Optional[int] = typer.Option(None, help="images per prompt [default: 4]"),
+    out: Optional[Path] = typer.Option(None, help="output folder (GenEval layout)"),
+    seed: Optional[int] = typer.Option(None, help="placement seed [default: 0]"),
+    size: Optional[int] = typer.Option(None, help="image side in pixels [default: 64]"),
+    error: Optional[str] = typer.Option(None, help="controlled error where it applies: count, color, relation, missing"),
+    config: Optional[Path] = CONFIG_OPTION,
+    overrides: Optional[list[str]] = OVERRIDES_ARG,
+) -> None:
+    """Draw each prompt's scene in the shapes world, in GenEval's folder layout (resumable)."""
+    _render(prompts_file, images_per_prompt, out, seed, size, error, config, overrides)
+
+
+@user_errors
+def _render(prompts_file, images_per_prompt, out, seed, size, error, config, overrides) -> None:
+    from unirl_kit.config import write_run_info
+    from unirl_kit.worlds.shapes.dataset import RenderConfig, run_render
+
+    prompts_file, overrides = split_positional(prompts_file, overrides)
+    cfg = resolve(RenderConfig, config, dict(prompts=prompts_file, images_per_prompt=images_per_prompt,
+                                             out=out and str(out), seed=seed, size=size, error=error), overrides)
+    drawn = run_render(cfg)
+    write_run_info(Path(cfg.out), cfg, "render")
+    typer.echo(f"drew {drawn} images into {cfg.out}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("prompts")(prompts)
+    app.command("render")(render)

@@ -1,0 +1,1 @@
+"""Evaluation: GenEval (`eval.geneval`) and, later, understanding metrics."""

@@ -1,0 +1,1 @@
+"""A faithful GenEval: pure rules, pluggable detectors and colour classifiers, a resumable runner."""

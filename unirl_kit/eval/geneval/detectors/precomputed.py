@@ -1,0 +1,128 @@
+"""`precomputed` detector: detections made elsewhere (another environment or machine), read from JSONL.
+
+One line per image: {"filename": "<path relative to IMAGES_DIR>", "detections": [{"class": str,
+"box": [x1, y1, x2, y2], "score": float, "color": str?, "mask": <RLE or PNG path>?}]}. RLE is COCO's,
+compressed string or uncompressed list, column-major; a PNG path is relative to the detections file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+from PIL import Image
+
+from unirl_kit.prompts.schema import read_jsonl
+from unirl_kit.types import Detection, InputError
+
+
+def decode_rle(rle: dict[str, Any]) -> np.ndarray:
+    """COCO RLE ({"size": [h, w], "counts": str | list[int]}) -> HxW bool mask."""
+    h, w = (int(v) for v in rle["size"])
+    counts = rle["counts"]
+    if isinstance(counts, str):
+        counts = _counts_from_string(counts)
+    flat = np.zeros(h * w, dtype=bool)
+    pos, value = 0, False
+    for run in counts:
+        if value:
+            flat[pos:pos + run] = True
+        pos += run
+        value = not value
+    if pos != h * w:
+        raise ValueError(f"RLE counts add up to {pos}, expected {h}x{w}={h * w}")
+    return flat.reshape((w, h)).T  # column-major, as COCO stores masks
+
+
+def _counts_from_string(s: str) -> list[int]:
+    """pycocotools' compact LEB128-like string, written without pycocotools."""
+    counts: list[int] = []
+    p = 0
+    while p < len(s):
+        x, k, more = 0, 0, True
+        while more:
+            c = ord(s[p]) - 48
+            x |= (c & 0x1F) << (5 * k)
+            more = bool(c & 0x20)
+            p += 1
+            k += 1
+            if not more and (c & 0x10):
+                x |= -1 << (5 * k)
+        if len(counts) > 2:
+            x += counts[-2]
+        counts.append(x)
+    return counts
+
+
+def _parse_detection(obj: Any, where: str, base: Path) -> Detection:
+    if not isinstance(obj, dict):
+        raise InputError(f"{where}: expected a detection object, got {obj!r}")
+    cls, box, score = obj.get("class"), obj.get("box"), obj.get("score")
+    if not isinstance(cls, str):
+        raise InputError(f"{where}: 'class' must be a string, got {cls!r}")
+    if not (isinstance(box, list) and len(box) == 4 and all(isinstance(v, (int, float)) for v in box)):
+        raise InputError(f"{where}: 'box' must be [x1, y1, x2, y2], got {box!r}")
+    if not isinstance(score, (int, float)) or isinstance(score, bool):
+        raise InputError(f"{where}: 'score' must be a number, got {score!r}")
+    mask = obj.get("mask")
+    if isinstance(mask, str):
+        path = base / mask
+        if not path.is_file():
+            raise InputError(f"{where}: mask PNG {path} not found")
+        mask = np.asarray(Image.open(path).convert("L")) > 127
+    elif isinstance(mask, dict):
+        try:
+            mask = decode_rle(mask)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InputError(f"{where}: bad RLE mask ({exc})") from None
+    elif mask is not None:
+        raise InputError(f"{where}: 'mask' must be an RLE object or a PNG path")
+    color = obj.get("color")
+    return Detection(cls, tuple(float(v) for v in box), float(score), mask, color)
+
+
+class PrecomputedDetector:
+    """Reads detections from a JSONL file made elsewhere (another env or machine)."""
+
+    classes = None
+    default_color_classifier = "precomputed"
+
+    def __init__(self, path: str):
+        self.path = Path(path)
+        self._by_file: dict[str, list[Detection]] = {}
+        for lineno, obj in read_jsonl(self.path):
+            where = f"{self.path}:{lineno}"
+            if not isinstance(obj, dict) or not isinstance(obj.get("filename"), str):
+                raise InputError(f"{where}: expected {{\"filename\": ..., \"detections\": [...]}}")
+            dets = obj.get("detections", [])
+            if not isinstance(dets, list):
+                raise InputError(f"{where}: 'detections' must be a list")
+            key = Path(obj["filename"]).as_posix()
+            if key in self._by_file:
+                raise InputError(f"{where}: second line for {key!r}; keep one line per image")
+            self._by_file[key] = [_parse_detection(d, f"{where} detections[{i}]", self.path.parent)
+                                  for i, d in enumerate(dets)]
+
+    def check_filenames(self, filenames: Sequence[str]) -> None:
+        """The file must describe exactly the images being scored."""
+        wanted = set(filenames)
+        missing = sorted(wanted - set(self._by_file))
+        extra = sorted(set(self._by_file) - wanted)
+        if missing or extra:
+            example = f"no line for {missing[0]!r}" if missing else f"a line for {extra[0]!r}, which is not an image here"
+            raise InputError(
+                f"{self.path}: detections do not match the images ({len(missing)} missing, {len(extra)} unknown; "
+                f"{example}); filenames must be relative to IMAGES_DIR, like '00000/samples/0000.png'"
+            )
+
+    def detect(self, images: Sequence[Image.Image], filenames: Sequence[str]) -> list[list[Detection]]:
+        out = []
+        for img, name in zip(images, filenames):
+            dets = self._by_file[Path(name).as_posix()]
+            for d in dets:
+                if d.mask is not None and d.mask.shape != (img.height, img.width):
+                    raise InputError(f"{self.path}: mask of a {d.cls!r} in {name} is {d.mask.shape}, image is "
+                                     f"{(img.height, img.width)}")
+            out.append(dets)
+        return out

@@ -1,0 +1,25 @@
+"""`shapes` detector plugin: the analytic detector of the shapes world."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+from PIL import Image
+
+from unirl_kit.types import Detection
+from unirl_kit.worlds.shapes.analyze import detect_shapes
+from unirl_kit.worlds.shapes.vocab import SHAPES
+
+
+class ShapesDetector:
+    """Analytic detector of the shapes world: exact on clean renders, no model."""
+
+    classes: Sequence[str] = SHAPES
+    default_color_classifier = "shapes"
+
+    def __init__(self, max_color_distance: float = 90.0, min_area: int = 8, full_score_iou: float = 0.85):
+        self.options = dict(max_color_distance=max_color_distance, min_area=min_area, full_score_iou=full_score_iou)
+
+    def detect(self, images: Sequence[Image.Image], filenames: Sequence[str]) -> list[list[Detection]]:
+        return [detect_shapes(np.asarray(img.convert("RGB")), **self.options) for img in images]

@@ -1,0 +1,100 @@
+"""GenEval's folder layout: OUT/<digits>/metadata.jsonl + OUT/<digits>/samples/<digits>.png."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from unirl_kit.prompts.schema import parse_spec, read_jsonl
+from unirl_kit.types import InputError, PromptSpec
+
+_DIGITS = re.compile(r"^\d+$")
+_IMAGE = re.compile(r"^\d+\.png$")
+LAYOUT_HINT = "expected IMAGES_DIR/00000/metadata.jsonl and IMAGES_DIR/00000/samples/0000.png"
+
+
+@dataclass
+class ImageItem:
+    rel: str  # path relative to the images folder, posix: "00000/samples/0000.png"
+    filename: str  # the official `filename` field: the images folder as given, joined with rel
+    spec: PromptSpec
+    metadata: dict[str, Any]  # the metadata line verbatim, for the official `metadata` field
+
+
+def scan_images(images_dir: Path) -> list[ImageItem]:
+    """Every image of a GenEval-layout folder, prompt folders and images in numeric order."""
+    images_dir = Path(images_dir)
+    if not images_dir.is_dir():
+        raise InputError(f"{images_dir}: not a folder; {LAYOUT_HINT}")
+    folders = sorted((p for p in images_dir.iterdir() if p.is_dir() and _DIGITS.match(p.name)),
+                     key=lambda p: (int(p.name), p.name))
+    if not folders:
+        raise InputError(f"{images_dir}: no prompt folders (all-digit names); {LAYOUT_HINT}")
+    items: list[ImageItem] = []
+    for folder in folders:
+        meta_path = folder / "metadata.jsonl"
+        if not meta_path.is_file():
+            raise InputError(f"{meta_path}: missing; each prompt folder needs its metadata line ({LAYOUT_HINT})")
+        rows = read_jsonl(meta_path)
+        if len(rows) != 1:
+            raise InputError(f"{meta_path}: expected exactly one metadata line, found {len(rows)}")
+        lineno, raw = rows[0]
+        spec = parse_spec(raw, f"{meta_path}:{lineno}")
+        samples = folder / "samples"
+        names = sorted((p.name for p in samples.iterdir() if _IMAGE.match(p.name)),
+                       key=lambda n: (int(n[:-4]), n)) if samples.is_dir() else []
+        if not names:
+            raise InputError(f"{samples}: no images named like 0000.png; generate them first ({LAYOUT_HINT})")
+        for name in names:
+            rel = f"{folder.name}/samples/{name}"
+            items.append(ImageItem(rel, str(images_dir / rel), spec, raw))
+    return items
+
+
+def load_image(images_dir: Path, rel: str) -> Image.Image:
+    """The RGB image, EXIF-transposed as the reference does; a clear error for a bad file."""
+    path = Path(images_dir) / rel
+    try:
+        with Image.open(path) as img:
+            if img.format != "PNG":
+                raise InputError(f"{path}: is {img.format}, not PNG; save samples as PNG")
+            return ImageOps.exif_transpose(img).convert("RGB")
+    except (UnidentifiedImageError, OSError) as exc:
+        raise InputError(f"{path}: unreadable image ({exc.__class__.__name__}); regenerate or remove it") from None
+
+
+def prompt_folder(out: Path, index: int) -> Path:
+    return Path(out) / f"{index:05d}"
+
+
+def image_rel(index: int, image_index: int) -> str:
+    return f"{index:05d}/samples/{image_index:04d}.png"
+
+
+def write_prompt_folder(out: Path, index: int, metadata: dict[str, Any]) -> Path:
+    """Create OUT/<index>/ with its metadata line (rewritten only when it differs)."""
+    import json
+
+    folder = prompt_folder(out, index)
+    (folder / "samples").mkdir(parents=True, exist_ok=True)
+    line = json.dumps(metadata) + "\n"
+    meta = folder / "metadata.jsonl"
+    if meta.exists() and meta.read_text() != line:
+        raise InputError(f"{meta}: holds another prompt ({meta.read_text().strip()[:80]}...); "
+                         "use another --out for another prompt set")
+    if not meta.exists():
+        tmp = meta.with_suffix(".tmp")
+        tmp.write_text(line)
+        tmp.replace(meta)
+    return folder
+
+
+def save_png_atomic(image: Image.Image, path: Path) -> None:
+    """A kill never leaves a half-written PNG that a resumed run would take as done."""
+    tmp = path.with_name(path.name + ".tmp")
+    image.save(tmp, format="PNG")
+    tmp.replace(path)

@@ -1,0 +1,161 @@
+"""`unirl eval geneval`: detect, keep, judge and summarise every image; resumable and rank-sharded."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from unirl_kit.config import to_dict, write_run_info
+from unirl_kit.distributed import rank_and_world, wait_for_files
+from unirl_kit.eval.geneval import summary as summ
+from unirl_kit.eval.geneval.layout import ImageItem, load_image, scan_images
+from unirl_kit.eval.geneval.rules import RuleOptions, evaluate, keep_detections
+from unirl_kit.jsonl import ResumableJsonl, write_atomic
+from unirl_kit.registry import registry
+from unirl_kit.types import InputError
+
+RESULTS = "results.jsonl"
+
+
+@dataclass
+class GenevalConfig:
+    images_dir: str = ""
+    out: str = ""
+    detector: str = "shapes"
+    detector_options: dict = field(default_factory=dict)
+    detections: str | None = None  # shortcut for detector_options.path of `precomputed`
+    color_classifier: str = "auto"  # auto: the detector's own default
+    color_options: dict = field(default_factory=dict)
+    rules: RuleOptions = field(default_factory=RuleOptions)
+    batch_size: int = 16
+    rank_timeout_s: float = 3600.0
+    progress: bool = True
+
+
+def build_judges(cfg: GenevalConfig) -> tuple[Any, Any]:
+    """The detector and colour classifier the config names."""
+    det_opts = dict(cfg.detector_options)
+    if cfg.detections is not None:
+        if cfg.detector != "precomputed":
+            raise InputError("--detections only goes with --detector precomputed")
+        det_opts["path"] = cfg.detections
+    if cfg.detector == "precomputed" and "path" not in det_opts:
+        raise InputError("--detector precomputed needs --detections FILE.jsonl")
+    detector = registry("detectors").build(cfg.detector, **det_opts)
+    color_name = detector.default_color_classifier if cfg.color_classifier == "auto" else cfg.color_classifier
+    colors = registry("color_classifiers").build(color_name, **cfg.color_options)
+    return detector, colors
+
+
+def check_vocabulary(items: Sequence[ImageItem], detector: Any, colors: Any, images_dir: Path, name: str) -> None:
+    """Every class and colour the prompts ask for must be known to the judges, before any work."""
+    seen = set()
+    for item in items:
+        if item.rel.split("/")[0] in seen:
+            continue
+        seen.add(item.rel.split("/")[0])
+        where = images_dir / item.rel.split("/")[0] / "metadata.jsonl"
+        for req in (*item.spec.include, *item.spec.exclude):
+            if detector.classes is not None and req.cls not in detector.classes:
+                raise InputError(f"{where}: class {req.cls!r} is unknown to detector {name!r} "
+                                 f"(knows {len(detector.classes)} classes); use a detector trained on it")
+            if req.color is not None and req.color not in colors.colors:
+                raise InputError(f"{where}: colour {req.color!r} is unknown to the colour classifier "
+                                 f"(knows {', '.join(colors.colors)})")
+
+
+def judge_item(item: ImageItem, image: Any, detections: list, colors: Any, rules: RuleOptions) -> dict[str, Any]:
+    """One official results row."""
+    kept = keep_detections(detections, item.spec.tag, rules)
+    verdict = evaluate(item.spec, kept, lambda found, cls: colors.classify(image, found, cls), rules)
+    return {
+        "filename": item.filename,
+        "tag": item.spec.tag,
+        "prompt": item.spec.prompt,
+        "correct": verdict.correct,
+        "reason": verdict.reason,
+        "metadata": json.dumps(item.metadata),
+        "details": json.dumps(verdict.details),
+    }
+
+
+def _fingerprint(cfg: GenevalConfig) -> dict[str, Any]:
+    d = to_dict(cfg)
+    return {k: d[k] for k in ("images_dir", "detector", "detector_options", "detections",
+                              "color_classifier", "color_options", "rules")}
+
+
+def _check_same_run(out: Path, cfg: GenevalConfig) -> None:
+    """Refuse to resume into results made with other judges or rules (they would mix silently)."""
+    import yaml
+
+    old_path = out / "config.yaml"
+    if not (out / RESULTS).exists() or not old_path.exists():
+        return
+    old = yaml.safe_load(old_path.read_text()) or {}
+    new = _fingerprint(cfg)
+    for key, value in new.items():
+        if key in old and old[key] != value:
+            raise InputError(f"{out}: holds results made with {key}={old[key]!r}, not {value!r}; "
+                             "use another --out, or delete the folder to start over")
+
+
+def _score(items: list[ImageItem], store: ResumableJsonl, detector: Any, colors: Any,
+           cfg: GenevalConfig, label: str) -> None:
+    from rich.progress import Progress
+
+    todo = [it for it in items if it.filename not in store.done]
+    images_dir = Path(cfg.images_dir)
+    with Progress(disable=not cfg.progress or not todo, transient=True) as bar:
+        task = bar.add_task(label, total=len(todo))
+        for start in range(0, len(todo), cfg.batch_size):
+            batch = todo[start:start + cfg.batch_size]
+            images = [load_image(images_dir, it.rel) for it in batch]
+            dets = detector.detect(images, [it.rel for it in batch])
+            store.append(judge_item(it, img, d, colors, cfg.rules) for it, img, d in zip(batch, images, dets))
+            bar.advance(task, len(batch))
+
+
+def run_geneval(cfg: GenevalConfig) -> dict[str, Any]:
+    """Score what is missing, merge, summarise; returns the summary."""
+    if not cfg.images_dir or not cfg.out:
+        raise InputError("eval geneval needs IMAGES_DIR and --out OUT_DIR")
+    if cfg.batch_size < 1:
+        raise InputError(f"batch_size must be >= 1, got {cfg.batch_size}")
+    images_dir, out = Path(cfg.images_dir), Path(cfg.out)
+    items = scan_images(images_dir)
+    detector, colors = build_judges(cfg)
+    check_vocabulary(items, detector, colors, images_dir, cfg.detector)
+    if hasattr(detector, "check_filenames"):
+        detector.check_filenames([it.rel for it in items])
+    rank, world = rank_and_world()
+    if rank == 0:
+        _check_same_run(out, cfg)
+        write_run_info(out, cfg, "eval geneval")
+    key = lambda row: row["filename"]  # noqa: E731
+    merged = ResumableJsonl(out / RESULTS, key)
+    if world == 1:
+        _score(items, merged, detector, colors, cfg, "geneval")
+    else:
+        part = ResumableJsonl(out / f"results.rank{rank}.jsonl", key)
+        part.done |= merged.done
+        _score(items[rank::world], part, detector, colors, cfg, f"geneval rank {rank}")
+        (out / f"rank{rank}.done").touch()
+        if rank != 0:
+            return {}
+        wait_for_files([out / f"rank{r}.done" for r in range(world)], cfg.rank_timeout_s, "the other ranks")
+        for r in range(world):
+            merged.append(ResumableJsonl(out / f"results.rank{r}.jsonl", key).rows)
+    order = {it.filename: i for i, it in enumerate(items)}
+    rows = sorted((r for r in merged.rows if r["filename"] in order), key=lambda r: order[r["filename"]])
+    if len(rows) != len(merged.rows) or [r["filename"] for r in merged.rows] != [r["filename"] for r in rows]:
+        write_atomic(out / RESULTS, "".join(json.dumps(r) + "\n" for r in rows))
+    for r in range(world if world > 1 else 0):
+        (out / f"results.rank{r}.jsonl").unlink(missing_ok=True)
+        (out / f"rank{r}.done").unlink(missing_ok=True)
+    summary = summ.summarize(rows)
+    write_atomic(out / "summary.json", summ.dumps(summary))
+    write_atomic(out / "summary.md", summ.to_markdown(summary))
+    return summary

@@ -1,0 +1,153 @@
+"""The one plugin registry: decorator or lazy "module:object" registration, entry points, did-you-mean.
+
+Every plugin group (backbones, rewards, detectors, color_classifiers) is a `Registry`. Built-ins are
+registered lazily in `unirl_kit.plugins` so that listing them never imports torch; third-party
+packages add theirs through the entry-point group `unirl_kit.<group>`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+from dataclasses import dataclass
+from importlib import metadata
+from typing import Any, Callable
+
+ENTRY_POINT_PREFIX = "unirl_kit."
+
+
+class UnknownPluginError(KeyError):
+    """Raised for a name that no plugin of the group has; the message lists close matches."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
+@dataclass
+class _Entry:
+    target: Any  # the object, or a "module:object" string not yet imported
+    description: str
+    source: str  # "builtin" or the distribution that provided it
+
+
+def load_target(target: str) -> Any:
+    """Import "package.module:attr.sub" and return the object."""
+    module_name, _, attr = target.partition(":")
+    if not attr:
+        raise ValueError(f"lazy target {target!r} must look like 'package.module:object'")
+    obj: Any = importlib.import_module(module_name)
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _first_doc_line(obj: Any) -> str:
+    doc = getattr(obj, "__doc__", None) or ""
+    return doc.strip().splitlines()[0] if doc.strip() else ""
+
+
+class Registry:
+    """Named plugins of one group."""
+
+    def __init__(self, group: str, description: str) -> None:
+        self.group = group
+        self.description = description
+        self._entries: dict[str, _Entry] = {}
+        self._entry_points_loaded = False
+
+    def register(
+        self, name: str, target: Any = None, *, description: str = "", source: str = "builtin"
+    ) -> Callable[[Any], Any] | None:
+        """`@reg.register("name")` as a decorator, or `reg.register("name", "mod:obj", description=...)`."""
+        if target is None:
+            def decorator(obj: Any) -> Any:
+                self._add(name, obj, description or _first_doc_line(obj), source)
+                return obj
+            return decorator
+        self._add(name, target, description or ("" if isinstance(target, str) else _first_doc_line(target)), source)
+        return None
+
+    def _add(self, name: str, target: Any, description: str, source: str) -> None:
+        if name in self._entries and self._entries[name].target is not target:
+            old = self._entries[name].source
+            raise ValueError(f"{self.group}: {name!r} is already registered (by {old}); pick another name")
+        self._entries[name] = _Entry(target, description, source)
+
+    def _load_entry_points(self) -> None:
+        if self._entry_points_loaded:
+            return
+        self._entry_points_loaded = True
+        for ep in metadata.entry_points(group=ENTRY_POINT_PREFIX + self.group):
+            if ep.name in self._entries:
+                continue  # built-ins win; a plugin cannot silently replace them
+            dist = ep.dist.name if ep.dist is not None else "entry point"
+            self._entries[ep.name] = _Entry(ep.value, "", dist)
+
+    def names(self) -> list[str]:
+        self._load_entry_points()
+        return sorted(self._entries)
+
+    def __contains__(self, name: str) -> bool:
+        self._load_entry_points()
+        return name in self._entries
+
+    def get(self, name: str) -> Any:
+        """The plugin object (class or factory), importing it on first use."""
+        self._load_entry_points()
+        if name not in self._entries:
+            close = difflib.get_close_matches(name, list(self._entries), n=3, cutoff=0.5)
+            hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+            raise UnknownPluginError(
+                f"unknown {self.group[:-1] if self.group.endswith('s') else self.group} {name!r}{hint} "
+                f"(known: {', '.join(sorted(self._entries)) or 'none'})"
+            )
+        entry = self._entries[name]
+        if isinstance(entry.target, str):
+            entry.target = load_target(entry.target)
+            entry.description = entry.description or _first_doc_line(entry.target)
+        return entry.target
+
+    def build(self, name: str, **options: Any) -> Any:
+        """Instantiate a plugin, turning unknown options into one clear error."""
+        from unirl_kit.config import check_call_options
+
+        factory = self.get(name)
+        check_call_options(factory, options, where=f"{self.group}.{name}")
+        return factory(**options)
+
+    def describe(self) -> list[tuple[str, str, str]]:
+        """(name, one-line description, source); entry-point plugins are imported to read theirs."""
+        rows = []
+        for name in self.names():
+            entry = self._entries[name]
+            if not entry.description and entry.source != "builtin":
+                try:
+                    self.get(name)
+                except Exception as exc:  # a broken third-party plugin must not hide the others
+                    entry.description = f"(failed to load: {exc})"
+            rows.append((name, entry.description, entry.source))
+        return rows
+
+
+REGISTRIES: dict[str, Registry] = {
+    "backbones": Registry("backbones", "unified multimodal models (generate + understand)"),
+    "rewards": Registry("rewards", "per-sample rewards for scoring and GRPO"),
+    "detectors": Registry("detectors", "object detectors for GenEval"),
+    "color_classifiers": Registry("color_classifiers", "colour classifiers for GenEval's colour checks"),
+}
+
+
+def registry(group: str) -> Registry:
+    """The registry of a group, with built-ins registered."""
+    import unirl_kit.plugins  # noqa: F401  (registers the built-ins)
+
+    if group not in REGISTRIES:
+        close = difflib.get_close_matches(group, list(REGISTRIES), n=3)
+        hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        raise UnknownPluginError(f"unknown plugin group {group!r}{hint}")
+    return REGISTRIES[group]
+
+
+def register(group: str, name: str, target: Any = None, *, description: str = "") -> Any:
+    """Module-level shortcut: `@register("detectors", "mine")`."""
+    return REGISTRIES[group].register(name, target, description=description)

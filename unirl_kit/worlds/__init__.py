@@ -1,0 +1,1 @@
+"""Closed worlds the toolkit can run in offline: vocabularies, renderers, exact detectors."""
