@@ -7,7 +7,7 @@ from pathlib import Path
 
 from unirl_kit.config import write_run_info
 from unirl_kit.prompts.generate import generate_prompts
-from unirl_kit.prompts.schema import read_jsonl, write_prompts
+from unirl_kit.prompts.schema import read_prompts, write_prompts
 from unirl_kit.types import InputError, PromptSpec
 
 
@@ -25,11 +25,9 @@ def run_prompts(cfg: PromptsConfig) -> list[PromptSpec]:
         raise InputError("prompts needs --out FILE.jsonl")
     if cfg.n < 1:
         raise InputError(f"--n must be >= 1, got {cfg.n}")
-    excluded: frozenset[str] = frozenset()
+    excluded: dict[str, str] = {}
     if cfg.exclude:
-        excluded = frozenset(
-            obj["prompt"] for _, obj in read_jsonl(Path(cfg.exclude)) if isinstance(obj, dict) and "prompt" in obj
-        )
+        excluded = {spec.prompt: spec.tag for spec in read_prompts(Path(cfg.exclude))}
     specs = generate_prompts(cfg.world, cfg.n, cfg.seed, excluded)
     out = Path(cfg.out)
     write_prompts(specs, out)

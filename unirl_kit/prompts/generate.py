@@ -8,6 +8,8 @@ COCO class 'person'; colour attribution uses two different colours. Prompts are 
 from __future__ import annotations
 
 import dataclasses
+from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import resources
 
@@ -75,13 +77,16 @@ def tag_capacity(tag: str, w: World) -> int:
             "position": 4 * n * (n - 1), "color_attr": m * (m - 1) * k * (k - 1)}[tag]
 
 
-def generate_prompts(world: str, n: int, seed: int, exclude: frozenset[str] = frozenset(),
+def generate_prompts(world: str, n: int, seed: int, exclude: Mapping[str, str] | None = None,
                      tags: tuple[str, ...] = GENEVAL_TAGS) -> list[PromptSpec]:
-    """`n` unique prompts spread evenly over `tags` (a tag with too few distinct prompts gives them
-    all, the rest go to the other tags), none of them in `exclude`, each with question and answer."""
+    """`n` unique prompts spread evenly over `tags` (a tag with too few distinct prompts left gives
+    them all, the rest go to the other tags), none of them a key of `exclude` (prompt -> its tag),
+    each with its question and answer."""
     w = get_world(world)
     rng = np.random.default_rng(seed)
-    free = {t: tag_capacity(t, w) for t in tags}
+    exclude = dict(exclude or {})
+    taken = Counter(exclude.values())
+    free = {t: tag_capacity(t, w) - taken[t] for t in tags}
     quota = {t: 0 for t in tags}
     remaining = n
     while remaining > 0 and any(quota[t] < free[t] for t in tags):
