@@ -126,7 +126,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             return items if origin is list or tp is list else tuple(items)
     elif origin is dict or tp is dict:
         if isinstance(value, dict):
-            return {k: (yaml.safe_load(v) if isinstance(v, _Raw) else v) for k, v in value.items()}
+            return dict(value)  # plugin options stay raw until the plugin's own annotations type them
     else:
         raise TypeError(f"config type {tp!r} at {where} is not supported")
     raise InputError(f"{where}: expected {_type_name(tp)}, got {value!r}")
@@ -161,6 +161,8 @@ def to_dict(obj: Any) -> Any:
         return {k: to_dict(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return [to_dict(v) for v in obj]
+    if isinstance(obj, _Raw):
+        return yaml.safe_load(obj)
     if isinstance(obj, Path):
         return str(obj)
     return obj
@@ -193,19 +195,37 @@ def _nest(key: str, value: Any) -> dict[str, Any]:
     return node
 
 
-def check_call_options(factory: Any, options: dict[str, Any], where: str) -> None:
-    """Fail early, with the accepted names, when a plugin is given an option it does not take."""
+def check_call_options(factory: Any, options: dict[str, Any], where: str) -> dict[str, Any]:
+    """A plugin's options checked against its signature and typed by its annotations.
+
+    Unknown names fail with the accepted ones; command-line strings become the annotated type
+    (so `detector_options.model=0001` stays the string "0001" when `model: str`).
+    """
     try:
         sig = inspect.signature(factory)
     except (TypeError, ValueError):
-        return
+        return {k: to_dict(v) for k, v in options.items()}
     params = sig.parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return
+    try:
+        hints = typing.get_type_hints(factory.__init__ if inspect.isclass(factory) else factory)
+    except Exception:  # unresolvable annotations: fall back to YAML parsing of raw strings
+        hints = {}
+    open_ended = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
     accepted = [n for n, p in params.items() if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
-    for key in options:
-        if key not in accepted:
-            raise InputError(f"{where}: unknown option {key!r}; accepted: {', '.join(accepted) or 'none'}")
+    typed = {}
+    for key, value in options.items():
+        if key not in accepted and not open_ended:
+            import difflib
+
+            close = difflib.get_close_matches(key, accepted, n=1)
+            guess = f" (did you mean {close[0]!r}?)" if close else ""
+            raise InputError(f"{where}: unknown option {key!r}{guess}; accepted: {', '.join(accepted) or 'none'}")
+        hint = hints.get(key, Any)
+        try:
+            typed[key] = _coerce(value, hint, f"{where}.{key}")
+        except TypeError:  # an annotation the config system does not model
+            typed[key] = to_dict(value)
+    return typed
 
 
 def library_versions() -> dict[str, str]:

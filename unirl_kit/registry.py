@@ -112,8 +112,7 @@ class Registry:
         from unirl_kit.config import check_call_options
 
         factory = self.get(name)
-        check_call_options(factory, options, where=f"{self.group}.{name}")
-        return factory(**options)
+        return factory(**check_call_options(factory, options, where=f"{self.group}.{name}"))
 
     def describe(self) -> list[tuple[str, str, str]]:
         """(name, one-line description, source); entry-point plugins are imported to read theirs."""
