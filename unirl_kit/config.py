@@ -119,6 +119,11 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     elif tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads 1e-5 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
     elif origin in (list, tuple) or tp in (list, tuple):
         if isinstance(value, (list, tuple)):
             (item_tp,) = typing.get_args(tp)[:1] or (Any,)
@@ -176,15 +181,14 @@ def load_config(
 ) -> T:
     """Resolve a command's config: defaults < file < CLI options < `key=value` overrides."""
     data: dict[str, Any] = {}
-    where = "config"
     if config_file is not None:
         data = read_yaml(config_file)
-        where = str(config_file)
+        from_dict(cls, data, str(config_file))  # the file alone must be valid: errors name it
     cli_set = {k: v for k, v in (cli or {}).items() if v is not None}
     for key, value in cli_set.items():
         data = deep_merge(data, _nest(key, value))
     data = deep_merge(data, parse_overrides(overrides))
-    return from_dict(cls, data, where)
+    return from_dict(cls, data, "command line")
 
 
 def _nest(key: str, value: Any) -> dict[str, Any]:

@@ -9,6 +9,8 @@ import math
 from dataclasses import dataclass
 from typing import Callable, Iterable, Sequence
 
+import numpy as np
+
 from unirl_kit.types import GENEVAL_COLORS, Detection, PromptSpec, Verdict
 
 
@@ -69,9 +71,9 @@ def keep_detections(
         by_class.setdefault(det.cls, []).append(det)
     kept: dict[str, list[Detection]] = {}
     for cls, dets in by_class.items():
-        # stable sort on -score keeps the detector's order among ties
-        ordering = sorted((d for d in dets if d.score > threshold), key=lambda d: -d.score)
-        ordering = ordering[: opts.max_objects]
+        # the reference's own call, so ties fall in the same order (later detection first for <= 16)
+        order = np.argsort(np.array([d.score for d in dets], dtype=np.float64))[::-1]
+        ordering = [dets[i] for i in order if dets[i].score > threshold][: opts.max_objects]
         chosen: list[Detection] = []
         while ordering:
             best = ordering.pop(0)
