@@ -252,5 +252,7 @@ def write_run_info(out_dir: Path, config: Any, command: str, prefix: str = "") -
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     resolved = {"command": command, **to_dict(config)}
-    (out_dir / f"{prefix}config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
-    (out_dir / f"{prefix}versions.json").write_text(json.dumps(library_versions(), indent=2) + "\n")
+    from unirl_kit.jsonl import write_atomic  # other ranks may be reading config.yaml right now
+
+    write_atomic(out_dir / f"{prefix}config.yaml", yaml.safe_dump(resolved, sort_keys=False))
+    write_atomic(out_dir / f"{prefix}versions.json", json.dumps(library_versions(), indent=2) + "\n")

@@ -7,6 +7,8 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from unirl_kit.types import InputError
+
 
 class ResumableJsonl:
     """Rows keyed by `key(row)`; a torn last line (killed mid-write) is dropped on open."""
@@ -31,7 +33,7 @@ class ResumableJsonl:
                 good.append(line)
             except json.JSONDecodeError:
                 if i != len(lines) - 1:
-                    raise ValueError(f"{self.path}:{i + 1}: corrupt row in the middle of the file; "
+                    raise InputError(f"{self.path}:{i + 1}: corrupt row in the middle of the file; "
                                      "move the file away to start over") from None
         if text and (not text.endswith("\n") or len(good) != sum(1 for ln in lines if ln.strip())):
             tmp = self.path.with_suffix(self.path.suffix + ".tmp")

@@ -47,7 +47,7 @@ def save_tiny_mask2former(path: str | Path, seed: int = 0, num_labels: int = 80)
 
 
 def save_tiny_clip(directory: str | Path, seed: int = 0) -> tuple[Path, Path]:
-    """(config JSON, safetensors weights) of a tiny open_clip ViT; load with model=JSON, pretrained=weights."""
+    """(config JSON, safetensors weights) of a tiny open_clip ViT: load with model=JSON, pretrained=W."""
     import open_clip
     import torch
     from safetensors.torch import save_file

@@ -92,7 +92,8 @@ def _check_same_run(out: Path, cfg: GenevalConfig) -> None:
     import yaml
 
     old_path = out / "config.yaml"
-    if not (out / RESULTS).exists() or not old_path.exists():
+    has_results = (out / RESULTS).exists() or any(out.glob("results.rank*.jsonl"))
+    if not has_results or not old_path.exists():
         return
     old = yaml.safe_load(old_path.read_text()) or {}
     new = _fingerprint(cfg)
@@ -131,12 +132,15 @@ def run_geneval(cfg: GenevalConfig) -> dict[str, Any]:
     if hasattr(detector, "check_filenames"):
         detector.check_filenames([it.rel for it in items])
     rank, world = rank_and_world()
+    _check_same_run(out, cfg)  # every rank, before anything is written
+    out.mkdir(parents=True, exist_ok=True)
     if rank == 0:
-        _check_same_run(out, cfg)
         write_run_info(out, cfg, "eval geneval")
     key = lambda row: row["filename"]  # noqa: E731
     merged = ResumableJsonl(out / RESULTS, key)
     if world == 1:
+        for part in sorted(out.glob("results.rank*.jsonl")):  # left by an earlier sharded run
+            merged.append(ResumableJsonl(part, key).rows)
         _score(items, merged, detector, colors, cfg, "geneval")
     else:
         part = ResumableJsonl(out / f"results.rank{rank}.jsonl", key)
@@ -152,9 +156,11 @@ def run_geneval(cfg: GenevalConfig) -> dict[str, Any]:
     rows = sorted((r for r in merged.rows if r["filename"] in order), key=lambda r: order[r["filename"]])
     if len(rows) != len(merged.rows) or [r["filename"] for r in merged.rows] != [r["filename"] for r in rows]:
         write_atomic(out / RESULTS, "".join(json.dumps(r) + "\n" for r in rows))
-    for r in range(world if world > 1 else 0):
-        (out / f"results.rank{r}.jsonl").unlink(missing_ok=True)
-        (out / f"rank{r}.done").unlink(missing_ok=True)
+    for stale in [*out.glob("results.rank*.jsonl"), *out.glob("rank*.done")]:
+        stale.unlink(missing_ok=True)
+    if len(rows) != len(items):  # e.g. a stale marker from a crashed rank: never summarise a partial set
+        raise InputError(f"{out}: {len(items) - len(rows)} of {len(items)} images have no result yet; "
+                         "rerun the same command to score them")
     summary = summ.summarize(rows)
     write_atomic(out / "summary.json", summ.dumps(summary))
     write_atomic(out / "summary.md", summ.to_markdown(summary))

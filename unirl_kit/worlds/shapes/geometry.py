@@ -1,6 +1,6 @@
 """Rasterising the shapes: one function used by the renderer and, as templates, by the detector.
 
-Every shape, sampled at pixel centres of an odd-sized box, touches all four sides of that box and
+Every shape, sampled at pixel centres of an odd-sized square box (the only boxes the renderer draws), touches all four sides of that box and
 is 8-connected, so a clean render's connected component has exactly the box it was drawn in and
 the detector's template in that box reproduces it pixel for pixel (IoU 1.0).
 """
