@@ -10,6 +10,10 @@ from pathlib import Path
 
 import pytest
 
+# One intra-op thread: on a shared 2-core box torch's OpenMP threads stall each other (a 0.1 s
+# forward took 11 s with 2 threads); results do not depend on it.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 # The repo sits beside `shared/`; the official files are optional for the test suite.
 GENEVAL_SHARED = Path(__file__).resolve().parents[2] / "shared" / "geneval"
 OFFICIAL_METADATA = GENEVAL_SHARED / "evaluation_metadata.jsonl"

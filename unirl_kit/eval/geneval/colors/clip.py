@@ -63,8 +63,8 @@ class ClipColorClassifier:
                                  "local .pt/.bin/.safetensors file (GenEval uses OpenAI's ViT-L-14 weights)")
             pretrained = str(weights)
         else:
-            log.warning("COLOUR CLASSIFIER HAS RANDOM WEIGHTS (color_options.pretrained not set): its colours "
-                        "are meaningless; pass color_options.pretrained=FILE with the OpenAI ViT-L-14 weights")
+            log.warning("COLOUR CLASSIFIER HAS RANDOM WEIGHTS (color_options.pretrained not set): its "
+                        "colours are meaningless; pass color_options.pretrained=FILE (OpenAI ViT-L-14)")
         if quick_gelu is None:
             quick_gelu = name == REFERENCE_MODEL
         try:
@@ -102,9 +102,10 @@ class ClipColorClassifier:
             mask = np.asarray(detection.mask, dtype=bool)
             if mask.shape != (rgb.height, rgb.width):
                 raise InputError(f"detection of {detection.cls!r}: mask is {mask.shape[0]}x{mask.shape[1]} "
-                                 f"but the image is {rgb.height}x{rgb.width}; masks must have the image's size")
+                                 f"but the image is {rgb.height}x{rgb.width}; masks need the image's size")
             pixels = np.asarray(rgb)
-            rgb = Image.fromarray(np.where(mask[..., None], pixels, np.array(self._background, np.uint8)))
+            canvas = np.array(self._background, np.uint8)
+            rgb = Image.fromarray(np.where(mask[..., None], pixels, canvas))
         if self.crop:
             cropped = rgb.crop(tuple(float(v) for v in detection.box))  # PIL rounds, as in the reference
             # an empty box (empty mask) would crash the reference; the whole image is used instead

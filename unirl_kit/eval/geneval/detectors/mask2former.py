@@ -35,7 +35,7 @@ _MASK_CHUNK = 16  # queries upsampled at once: bounds memory at full resolution
 
 
 def resolve_device(device: str) -> torch.device:
-    """"auto" is CUDA when available, else the CPU."""
+    """Device "auto" means CUDA when available, else the CPU."""
     return torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
 
 
@@ -251,8 +251,15 @@ def _class_names(config: Any, class_names: str | None) -> list[str]:
             raise InputError(f"class_names={class_names}: {len(names)} names but the model has "
                              f"num_labels={num_labels}; give one name per model class, in index order")
         return names
+    id2label = {int(k): str(v) for k, v in config.id2label.items()}
     if num_labels == 80:
-        return packaged_class_names()
-    id2label = {int(k): v for k, v in config.id2label.items()}
+        names = packaged_class_names()
+        own = [id2label.get(i, f"LABEL_{i}") for i in range(80)]
+        differ = [i for i in range(80) if own[i].replace("_", " ").lower() != names[i]]
+        if len(differ) > 10 and not all(name.startswith("LABEL_") for name in own):
+            log.warning("%d of the model's 80 id2label names differ from GenEval's (first: %r at %d, GenEval "
+                        "%r): check that its labels follow COCO's order, or pass class_names=FILE",
+                        len(differ), own[differ[0]], differ[0], names[differ[0]])
+        return names
     log.warning("model has %d classes, not COCO's 80: class names come from its config.id2label", num_labels)
     return [id2label.get(i, f"class_{i}") for i in range(num_labels)]
