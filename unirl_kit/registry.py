@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import difflib
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
-from typing import Any, Callable
+from typing import Any
 
 ENTRY_POINT_PREFIX = "unirl_kit."
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -14,14 +13,14 @@ app = typer.Typer(help="Evaluate images (GenEval) and understanding.", no_args_i
 
 @app.command("geneval")
 def geneval(
-    images_dir: Optional[str] = typer.Argument(None, metavar="IMAGES_DIR", show_default=False),
-    detector: Optional[str] = typer.Option(None, help="detector plugin [default: shapes]; see `unirl plugins`"),
-    out: Optional[Path] = typer.Option(None, help="output folder for results.jsonl and summary.json"),
-    detections: Optional[Path] = typer.Option(None, help="detections JSONL for --detector precomputed"),
-    color_classifier: Optional[str] = typer.Option(None, help="colour classifier [default: the detector's own]"),
-    batch_size: Optional[int] = typer.Option(None, help="images per detector call [default: 16]"),
-    config: Optional[Path] = CONFIG_OPTION,
-    overrides: Optional[list[str]] = OVERRIDES_ARG,
+    images_dir: str | None = typer.Argument(None, metavar="IMAGES_DIR", show_default=False),
+    detector: str | None = typer.Option(None, help="detector plugin [default: shapes]; see `unirl plugins`"),
+    out: Path | None = typer.Option(None, help="output folder for results.jsonl and summary.json"),
+    detections: Path | None = typer.Option(None, help="detections JSONL for --detector precomputed"),
+    color_classifier: str | None = typer.Option(None, help="colour classifier [default: the detector's own]"),
+    batch_size: int | None = typer.Option(None, help="images per detector call [default: 16]"),
+    config: Path | None = CONFIG_OPTION,
+    overrides: list[str] | None = OVERRIDES_ARG,
 ) -> None:
     """GenEval, faithful to the official rules; resumable; rank-sharded under torchrun.
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -11,13 +10,13 @@ from unirl_kit.cli.common import CONFIG_OPTION, OVERRIDES_ARG, resolve, split_po
 
 
 def prompts(
-    world: Optional[str] = typer.Option(None, help="shapes or coco [default: shapes]"),
-    n: Optional[int] = typer.Option(None, "--n", help="number of prompts [default: 120]"),
-    seed: Optional[int] = typer.Option(None, help="sampling seed [default: 0]"),
-    exclude: Optional[Path] = typer.Option(None, help="prompts file whose prompts must not appear"),
-    out: Optional[Path] = typer.Option(None, help="output prompts JSONL"),
-    config: Optional[Path] = CONFIG_OPTION,
-    overrides: Optional[list[str]] = OVERRIDES_ARG,
+    world: str | None = typer.Option(None, help="shapes or coco [default: shapes]"),
+    n: int | None = typer.Option(None, "--n", help="number of prompts [default: 120]"),
+    seed: int | None = typer.Option(None, help="sampling seed [default: 0]"),
+    exclude: Path | None = typer.Option(None, help="prompts file whose prompts must not appear"),
+    out: Path | None = typer.Option(None, help="output prompts JSONL"),
+    config: Path | None = CONFIG_OPTION,
+    overrides: list[str] | None = OVERRIDES_ARG,
 ) -> None:
     """Write GenEval-style metadata lines (all six tags) with UniRL questions and answers."""
     _prompts(world, n, seed, exclude, out, config, overrides)
@@ -34,14 +33,14 @@ def _prompts(world, n, seed, exclude, out, config, overrides) -> None:
 
 
 def render(
-    prompts_file: Optional[str] = typer.Argument(None, metavar="PROMPTS.jsonl", show_default=False),
-    images_per_prompt: Optional[int] = typer.Option(None, help="images per prompt [default: 4]"),
-    out: Optional[Path] = typer.Option(None, help="output folder (GenEval layout)"),
-    seed: Optional[int] = typer.Option(None, help="placement seed [default: 0]"),
-    size: Optional[int] = typer.Option(None, help="image side in pixels [default: 64]"),
-    error: Optional[str] = typer.Option(None, help="controlled error where it applies: count, color, relation, missing"),
-    config: Optional[Path] = CONFIG_OPTION,
-    overrides: Optional[list[str]] = OVERRIDES_ARG,
+    prompts_file: str | None = typer.Argument(None, metavar="PROMPTS.jsonl", show_default=False),
+    images_per_prompt: int | None = typer.Option(None, help="images per prompt [default: 4]"),
+    out: Path | None = typer.Option(None, help="output folder (GenEval layout)"),
+    seed: int | None = typer.Option(None, help="placement seed [default: 0]"),
+    size: int | None = typer.Option(None, help="image side in pixels [default: 64]"),
+    error: str | None = typer.Option(None, help="controlled error where it applies: count, color, relation, missing"),
+    config: Path | None = CONFIG_OPTION,
+    overrides: list[str] | None = OVERRIDES_ARG,
 ) -> None:
     """Draw each prompt's scene in the shapes world, in GenEval's folder layout (resumable)."""
     _render(prompts_file, images_per_prompt, out, seed, size, error, config, overrides)

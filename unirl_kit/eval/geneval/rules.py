@@ -6,8 +6,8 @@ Follows the reference `evaluate_images.py` step by step; every constant is a fie
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Iterable, Sequence
 
 import numpy as np
 

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from unirl_kit.config import to_dict, write_run_info
 from unirl_kit.distributed import rank_and_world, wait_for_files
@@ -115,7 +116,10 @@ def _score(items: list[ImageItem], store: ResumableJsonl, detector: Any, colors:
             batch = todo[start:start + cfg.batch_size]
             images = [load_image(images_dir, it.rel) for it in batch]
             dets = detector.detect(images, [it.rel for it in batch])
-            store.append(judge_item(it, img, d, colors, cfg.rules) for it, img, d in zip(batch, images, dets))
+            if len(dets) != len(batch):
+                raise RuntimeError(f"detector {cfg.detector!r} returned {len(dets)} results for {len(batch)} images")
+            store.append(judge_item(it, img, d, colors, cfg.rules)
+                         for it, img, d in zip(batch, images, dets, strict=True))
             bar.advance(task, len(batch))
 
 

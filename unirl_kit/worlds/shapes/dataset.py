@@ -11,7 +11,7 @@ import numpy as np
 from unirl_kit.eval.geneval.layout import image_rel, save_png_atomic, write_prompt_folder
 from unirl_kit.prompts.schema import read_prompts
 from unirl_kit.types import InputError, PromptSpec
-from unirl_kit.worlds.shapes.render import error_applies, check_in_world, render_scene
+from unirl_kit.worlds.shapes.render import check_in_world, error_applies, render_scene
 from unirl_kit.worlds.shapes.vocab import IMAGE_SIZE
 
 

@@ -17,7 +17,14 @@ from unirl_kit.eval.geneval.rules import relative_position
 from unirl_kit.types import InputError, PromptSpec
 from unirl_kit.worlds.shapes.geometry import place_mask
 from unirl_kit.worlds.shapes.vocab import (
-    BACKGROUND, COLORS, IMAGE_SIZE, MIN_GAP, PALETTE, SHAPES, SIZE_MULTI, SIZE_SINGLE,
+    BACKGROUND,
+    COLORS,
+    IMAGE_SIZE,
+    MIN_GAP,
+    PALETTE,
+    SHAPES,
+    SIZE_MULTI,
+    SIZE_SINGLE,
 )
 
 ErrorKind = Literal["count", "color", "relation", "missing"]

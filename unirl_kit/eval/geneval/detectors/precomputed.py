@@ -7,8 +7,9 @@ compressed string or uncompressed list, column-major; a PNG path is relative to 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -118,7 +119,7 @@ class PrecomputedDetector:
 
     def detect(self, images: Sequence[Image.Image], filenames: Sequence[str]) -> list[list[Detection]]:
         out = []
-        for img, name in zip(images, filenames):
+        for img, name in zip(images, filenames, strict=True):
             dets = self._by_file[Path(name).as_posix()]
             for d in dets:
                 if d.mask is not None and d.mask.shape != (img.height, img.width):
