@@ -63,4 +63,6 @@ def mmdet(session: nox.Session) -> None:
     session.install("--no-deps", "-e", str(ROOT))
     session.install("pillow", "pyyaml", "scipy", "numpy<2", "typer", "rich", "pandas", "safetensors", "pytest",
                     "hypothesis")
-    session.run("pytest", "-q", "-m", "mmdet", "-p", "no:cacheprovider", *session.posargs)
+    # only the mmdet test modules: the others import open_clip/torchvision, absent from this venv
+    files = sorted(glob.glob(str(ROOT / "tests" / "test_mmdet*.py")))
+    session.run("pytest", "-q", "-m", "mmdet", "-p", "no:cacheprovider", *files, *session.posargs)
