@@ -40,7 +40,8 @@ def get_world(name: str) -> World:
     raise InputError(f"unknown world {name!r}; expected shapes or coco")
 
 
-def _sample(tag: str, w: World, rng: np.random.Generator) -> PromptSpec:
+def sample_prompt(tag: str, w: World, rng: np.random.Generator) -> PromptSpec:
+    """One random prompt of a tag (no question/answer yet), by GenEval's sampling rules."""
     cls = w.classes
     colorable = [c for c in cls if c not in w.colorless]
     if tag == "single_object":
@@ -100,7 +101,7 @@ def generate_prompts(world: str, n: int, seed: int, exclude: Mapping[str, str] |
         got, tries = 0, 0
         while got < quota[t] and tries < 200 * quota[t] + 1000:
             tries += 1
-            spec = _sample(t, w, rng)
+            spec = sample_prompt(t, w, rng)
             if spec.prompt in seen:
                 continue
             seen.add(spec.prompt)

@@ -15,7 +15,7 @@ from unirl_kit.eval.geneval.layout import ImageItem, load_image, scan_images
 from unirl_kit.eval.geneval.rules import RuleOptions, evaluate, keep_detections
 from unirl_kit.jsonl import ResumableJsonl, write_atomic
 from unirl_kit.registry import registry
-from unirl_kit.types import InputError
+from unirl_kit.types import InputError, PromptSpec, Verdict
 
 RESULTS = "results.jsonl"
 
@@ -67,10 +67,15 @@ def check_vocabulary(items: Sequence[ImageItem], detector: Any, colors: Any, ima
                                  f"(knows {', '.join(colors.colors)})")
 
 
+def verdict_for(spec: PromptSpec, image: Any, detections: list, colors: Any, rules: RuleOptions) -> Verdict:
+    """GenEval's verdict on one image from its detections (shared by eval, rewards and gates)."""
+    kept = keep_detections(detections, spec.tag, rules)
+    return evaluate(spec, kept, lambda found, cls: colors.classify(image, found, cls), rules)
+
+
 def judge_item(item: ImageItem, image: Any, detections: list, colors: Any, rules: RuleOptions) -> dict[str, Any]:
     """One official results row."""
-    kept = keep_detections(detections, item.spec.tag, rules)
-    verdict = evaluate(item.spec, kept, lambda found, cls: colors.classify(image, found, cls), rules)
+    verdict = verdict_for(item.spec, image, detections, colors, rules)
     return {
         "filename": item.filename,
         "tag": item.spec.tag,

@@ -1,0 +1,1 @@
+"""Pre-training the embedded default model (tiny-shapes): image tokenizer, then language model."""
