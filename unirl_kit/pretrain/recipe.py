@@ -1,7 +1,9 @@
 """`unirl pretrain`: the tiny-shapes recipe, stage by stage, each resumable.
 
 1. tokenizer: train the VQ on rendered scenes; 2. gate: the tokenizer must pass `tokenizer_gate`
-before anything builds on it; 3. language model (next).
+before anything builds on it; 3. lm: the Janus language model in both directions, on the frozen
+tokenizer; 4. export: the trained model (weights in bf16, under the 20 MB budget), tokenizer and
+processor as an HF-style directory (the package ships one at backbones/tiny_shapes/weights/).
 """
 
 from __future__ import annotations
@@ -13,10 +15,11 @@ from pathlib import Path
 
 from unirl_kit.config import write_run_info
 from unirl_kit.jsonl import write_atomic
+from unirl_kit.pretrain.language_model import LanguageModelConfig
 from unirl_kit.pretrain.tokenizer import TokenizerConfig
 from unirl_kit.types import InputError
 
-STAGES = ("tokenizer", "gate")
+STAGES = ("tokenizer", "gate", "lm", "export")
 
 
 @dataclass
@@ -32,6 +35,8 @@ class PretrainConfig:
     stages: list[str] = field(default_factory=lambda: list(STAGES))
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     gate: GateConfig = field(default_factory=GateConfig)
+    lm: LanguageModelConfig = field(default_factory=LanguageModelConfig)
+    export_dir: str | None = None  # default: OUT/export
 
 
 def run_pretrain(cfg: PretrainConfig) -> dict:
@@ -61,6 +66,21 @@ def run_pretrain(cfg: PretrainConfig) -> dict:
         if not gate["passed"]:
             raise InputError(f"tokenizer gate failed: {gate['per_tag']} (need >= {cfg.gate.threshold} in every "
                              f"tag); see {tok_dir / 'gate.json'}; train longer (tokenizer.steps=...) and rerun")
+    model = tokenizer = None
+    if "lm" in cfg.stages:
+        from unirl_kit.pretrain.language_model import train_language_model
+
+        gate_file = tok_dir / "gate.json"
+        if not gate_file.exists() or not json.loads(gate_file.read_text())["passed"]:
+            raise InputError(f"{gate_file}: the tokenizer has not passed its gate; run the gate stage first")
+        t0 = time.perf_counter()
+        model, tokenizer = train_language_model(cfg.lm, tok_dir / "final", out / "lm", cfg.seed)
+        report["lm_seconds_this_run"] = round(time.perf_counter() - t0, 1)
+    if "export" in cfg.stages:
+        from unirl_kit.pretrain.export import export_model
+
+        target = Path(cfg.export_dir) if cfg.export_dir else out / "export"
+        report["export"] = export_model(out / "lm", tok_dir / "final", cfg.lm, target)
     return report
 
 

@@ -1,0 +1,1 @@
+"""Unified multimodal backbones (generate images and answer questions about them)."""

@@ -1,0 +1,32 @@
+"""Export the trained tiny-shapes model as an HF-style directory small enough to ship in the package."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from unirl_kit.backbones.tiny_shapes import build
+from unirl_kit.checkpoint import latest_checkpoint, load_checkpoint
+from unirl_kit.pretrain.language_model import LanguageModelConfig, build_model
+from unirl_kit.types import InputError
+
+MAX_BYTES = 20 * 1024 * 1024
+
+
+def export_model(lm_dir: Path, vq_dir: Path, cfg: LanguageModelConfig, target: Path) -> dict:
+    """Latest LM checkpoint -> target/{config.json, model.safetensors (bf16), tokenizer, processor}."""
+    ckpt = latest_checkpoint(Path(lm_dir) / "checkpoints")
+    if ckpt is None:
+        raise InputError(f"{lm_dir}: no language-model checkpoint to export; run the lm stage first")
+    model = build_model(cfg, vq_dir)
+    state = load_checkpoint(ckpt, model)
+    model = model.to(torch.bfloat16)  # halves the size; loaded back in fp32 on the CPU
+    target = Path(target)
+    target.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(target)
+    build.build_processor().save_pretrained(target)
+    size = sum(p.stat().st_size for p in target.rglob("*") if p.is_file())
+    if size > MAX_BYTES:
+        raise InputError(f"{target}: export is {size / 2**20:.1f} MB, over the 20 MB budget; shrink the model")
+    return {"dir": str(target), "step": int(state["step"]), "megabytes": round(size / 2**20, 2)}

@@ -1,0 +1,164 @@
+"""Stage 3 of tiny-shapes: train the Janus language model in both directions on shapes scenes.
+
+Generation: prompt -> the frozen tokenizer's image tokens, teacher-forced through Janus's own
+generation path (`prepare_embeddings_for_image_generation` in, `generation_head` out), with prompt
+dropout so classifier-free guidance works (the unconditional prompt is built as `generate()` builds
+it: every token but BOS and BOI replaced by PAD). Understanding: image + question -> answer (+ EOS)
+through Janus's understanding path (vision tower features in place of the image placeholders, the
+text head out); questions are the six UniRL types, or a caption request answered by the prompt.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from unirl_kit.backbones.tiny_shapes import build
+from unirl_kit.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from unirl_kit.pretrain.scenes import scene_batch
+from unirl_kit.pretrain.tokenizer import open_log
+
+
+@dataclass
+class LanguageModelConfig:
+    steps: int = 6000
+    gen_batch: int = 16
+    und_batch: int = 16
+    lr: float = 1e-3
+    warmup_steps: int = 200
+    weight_decay: float = 0.01
+    cfg_dropout: float = 0.1  # share of generation prompts trained unconditionally
+    caption_share: float = 0.2  # share of understanding examples asking for a caption
+    text_hidden: int = 256
+    text_layers: int = 4
+    vision_hidden: int = 128
+    vision_layers: int = 2
+    grad_clip: float = 1.0
+    bf16: bool = True
+    checkpoint_every: int = 250
+    log_every: int = 25
+
+
+def _lr(step: int, cfg: LanguageModelConfig) -> float:
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    t = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    return cfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
+
+
+def _left_pad(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, width - len(r):] = torch.tensor(r)
+        mask[i, width - len(r):] = 1
+    return ids, mask
+
+
+def generation_loss(model, tokenizer, prompts: list[str], image_tokens: torch.Tensor,
+                    uncond: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy of the image tokens given the (possibly dropped) prompt."""
+    vocab = tokenizer.get_vocab()
+    bos, boi, pad = vocab[build.BOS], vocab[build.BOI], vocab[build.PAD]
+    rows = []
+    for prompt, drop in zip(prompts, uncond.tolist(), strict=True):
+        ids = tokenizer(prompt).input_ids + [boi]
+        rows.append([t if (t in (bos, boi) or not drop) else pad for t in ids])
+    ids, mask = _left_pad(rows, pad)
+    text = model.get_input_embeddings()(ids)
+    image = model.prepare_embeddings_for_image_generation(image_tokens[:, :-1])
+    embeds = torch.cat([text, image], 1)
+    attn = torch.cat([mask, torch.ones(image.shape[:2], dtype=torch.long)], 1)
+    positions = (attn.cumsum(1) - 1).clamp(min=0)
+    hidden = model.model.language_model(inputs_embeds=embeds, attention_mask=attn, position_ids=positions).last_hidden_state
+    logits = model.model.generation_head(hidden[:, ids.shape[1] - 1:])
+    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), image_tokens.reshape(-1))
+
+
+def understanding_loss(model, tokenizer, pixels: torch.Tensor, questions: list[str], answers: list[str]) -> torch.Tensor:
+    """Mean cross-entropy of answer tokens + EOS given image and question (right-padded)."""
+    vocab = tokenizer.get_vocab()
+    pad, eos, boi, eoi, img = (vocab[t] for t in (build.PAD, build.EOS, build.BOI, build.EOI, build.IMAGE))
+    rows, labels = [], []
+    for q, a in zip(questions, answers, strict=True):
+        prompt = [vocab[build.BOS], boi] + [img] * build.NUM_IMAGE_TOKENS + [eoi] + tokenizer(q).input_ids[1:]
+        answer = tokenizer(a).input_ids[1:] + [eos]
+        rows.append(prompt + answer)
+        labels.append([-100] * len(prompt) + answer)
+    width = max(len(r) for r in rows)
+    ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows])
+    lab = torch.tensor([r + [-100] * (width - len(r)) for r in labels])
+    mask = (torch.arange(width)[None] < torch.tensor([len(r) for r in rows])[:, None]).long()
+    logits = model(input_ids=ids, attention_mask=mask, pixel_values=pixels).logits
+    return F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), lab[:, 1:].reshape(-1), ignore_index=-100)
+
+
+def build_model(cfg: LanguageModelConfig, vq_dir: Path):
+    """A fresh tiny Janus whose VQ is the trained (frozen) tokenizer."""
+    from transformers import JanusForConditionalGeneration
+    from transformers.models.janus.modeling_janus import JanusVQVAE
+
+    vq = JanusVQVAE.from_pretrained(vq_dir)
+    config = build.build_config(vq.config.to_dict(), cfg.text_hidden, cfg.text_layers, cfg.vision_hidden,
+                                cfg.vision_layers)
+    model = JanusForConditionalGeneration(config)
+    model.model.vqmodel.load_state_dict(vq.state_dict())
+    model.model.vqmodel.requires_grad_(False)
+    return model
+
+
+def train_language_model(cfg: LanguageModelConfig, vq_dir: Path, out: Path, seed: int = 0):
+    """Train (or resume) in `out`; returns the model in eval mode."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    model = build_model(cfg, vq_dir).train()
+    model.model.vqmodel.eval()
+    tokenizer = build.build_tokenizer()
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.98), weight_decay=cfg.weight_decay)
+    start = 0
+    ckpt = latest_checkpoint(out / "checkpoints")
+    if ckpt is not None:
+        state = load_checkpoint(ckpt, model)
+        opt.load_state_dict(state["optimizer"])
+        start = state["step"]
+    log = open_log(out / "log.jsonl", start)
+    t0 = time.perf_counter()
+    for step in range(start, cfg.steps):
+        rng = np.random.default_rng([seed, 1, step])
+        gen_pixels, gen_specs = scene_batch(seed + 1_000, step, cfg.gen_batch, build.IMAGE_SIZE)
+        und_pixels, und_specs = scene_batch(seed + 2_000, step, cfg.und_batch, build.IMAGE_SIZE)
+        with torch.no_grad():
+            image_tokens = model.model.vqmodel.encode(gen_pixels).image_tokens.view(cfg.gen_batch, -1)
+        uncond = torch.from_numpy(rng.random(cfg.gen_batch) < cfg.cfg_dropout)
+        captions = rng.random(cfg.und_batch) < cfg.caption_share
+        questions = [build.CAPTION_QUESTION if c else s.question for s, c in zip(und_specs, captions, strict=True)]
+        answers = [s.prompt if c else s.answer for s, c in zip(und_specs, captions, strict=True)]
+        for group in opt.param_groups:
+            group["lr"] = _lr(step, cfg)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+            gen = generation_loss(model, tokenizer, [s.prompt for s in gen_specs], image_tokens, uncond)
+            und = understanding_loss(model, tokenizer, und_pixels, questions, answers)
+        loss = gen + und
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        opt.step()
+        if (step + 1) % cfg.log_every == 0:
+            log.write(json.dumps({"step": step + 1, "gen_loss": gen.item(), "und_loss": und.item(),
+                                  "grad_norm": float(grad_norm), "lr": _lr(step, cfg),
+                                  "elapsed_s": round(time.perf_counter() - t0, 1)}) + "\n")
+            log.flush()
+        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
+            save_checkpoint(out / "checkpoints", step + 1, model, {"optimizer": opt.state_dict()})
+    log.close()
+    return model.eval(), tokenizer
