@@ -35,3 +35,7 @@ REGISTRIES["color_classifiers"].register(
     "precomputed", f"{_C}.precomputed:PrecomputedColorClassifier",
     description="uses each detection's own `color` field (precomputed detections)",
 )
+REGISTRIES["backbones"].register(
+    "janus", "unirl_kit.backbones.janus:JanusBackbone",
+    description="Janus / Janus-Pro in the transformers format (--model PATH); batched CFG sampler",
+)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from unirl_kit.cli import eval_cmd, plugins_cmd, pretrain_cmd, prompts_cmd
+from unirl_kit.cli import eval_cmd, generate_cmd, plugins_cmd, pretrain_cmd, prompts_cmd
 
 app = typer.Typer(
     name="unirl",
@@ -16,6 +16,7 @@ app = typer.Typer(
 prompts_cmd.register(app)
 plugins_cmd.register(app)
 pretrain_cmd.register(app)
+generate_cmd.register(app)
 app.add_typer(eval_cmd.app, name="eval")
 
 

@@ -1,0 +1,158 @@
+"""The backbone protocol: what every unified model (generate images + answer questions) offers.
+
+Shaped for an autoregressive model (Janus: one token per step, CFG on logits) and a masked-diffusion
+model (Show-o: tokens unmasked over steps) alike: everything is stated per *image token*.
+
+Log-probabilities (the policy-gradient quantity). `GenerationBatch.logprobs[n, t]` is the log-prob
+of image token t under the distribution the sampler draws from, *before* top-k/top-p truncation:
+
+    logits = uncond + cfg_scale * (cond - uncond)     (cfg_scale == 1: the conditional logits alone)
+    logprob = log_softmax(logits / temperature)[token]    (temperature <= 0 counts as 1 here)
+
+So CFG and temperature are included; top-k/top-p are not (they only cut the support, and counting
+them would give -inf for a token a later policy ranks outside its top-k, breaking importance ratios;
+TRL computes GRPO log-probs the same way). `image_logprobs` returns exactly this quantity,
+teacher-forced and differentiable, for the same (prompts, tokens, cfg_scale, temperature). For
+"conditional branch only" log-probs pass cfg_scale=1 to `image_logprobs`. An AR model's image
+log-prob is the sum over t; a masked-diffusion model reports each token's log-prob at the step it
+was unmasked (its `logprobs` definition must say so; same contract: sampled == teacher-forced).
+Sampled and teacher-forced values agree to ~1e-6 in fp32; in bf16 (GPU) a cached decode and one full
+forward round differently (~1e-2), so a trainer that needs exact old log-probs recomputes them with
+`image_logprobs` before updating.
+
+Seeds. An image's randomness depends only on its own seed, and `image_seed(base, prompt_index,
+image_index)` derives that seed, so the same image comes out whatever the batch size, the batch
+composition or the number of ranks (callers pass *global* prompt indices). `uniform_stream` gives
+each image its own stream of uniforms (numpy PCG64, identical on every platform and device); the
+Janus sampler spends one uniform per token (inverse-CDF sampling), so no shared torch RNG is involved.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+import torch
+from PIL import Image
+
+Seeds = int | Sequence[Sequence[int]]  # a base seed, or one seed per (prompt, image)
+
+
+@dataclass
+class GenerationBatch:
+    """Images for `len(prompts) * group_size` rows, prompt-major: row p*K + k is image k of prompt p."""
+
+    images: list[Image.Image]
+    tokens: torch.Tensor  # [N, T] int64 image token ids (CPU)
+    logprobs: torch.Tensor  # [N, T] float32 sampled log-probs as defined above (CPU)
+    seeds: list[int]  # the seed each row was drawn with
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+@dataclass
+class AnswerScores:
+    """Teacher-forced scores of given answers (answer tokens then EOS), right-padded."""
+
+    logprobs: torch.Tensor  # [N, A] float32, differentiable; 0 where mask is False
+    mask: torch.Tensor  # [N, A] bool: True on answer/EOS tokens
+    token_ids: torch.Tensor  # [N, A] int64 the scored tokens (pad where mask is False)
+
+    @property
+    def loss(self) -> torch.Tensor:
+        """Mean NLL per answer token over the batch (the SFT understanding loss)."""
+        return -(self.logprobs * self.mask).sum() / self.mask.sum().clamp(min=1)
+
+    @property
+    def sequence_logprobs(self) -> torch.Tensor:
+        """[N] sum of each answer's token log-probs."""
+        return (self.logprobs * self.mask).sum(-1)
+
+
+@runtime_checkable
+class Backbone(Protocol):
+    """A unified multimodal model, loaded from an HF-style directory (safetensors)."""
+
+    name: str
+    model: torch.nn.Module  # the trainable network (optimizer, DDP wrapping, train/eval mode)
+    num_image_tokens: int  # T: tokens per image
+    codebook_size: int
+    image_size: int  # pixels per side of generated images
+
+    @property
+    def device(self) -> torch.device: ...
+
+    @property
+    def dtype(self) -> torch.dtype: ...
+
+    def generate(self, prompts: Sequence[str], group_size: int = 1, seeds: Seeds = 0, cfg_scale: float = 5.0,
+                 temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None) -> GenerationBatch:
+        """Sample `group_size` images per prompt, all in one batch; no gradients."""
+        ...
+
+    def image_logprobs(self, prompts: Sequence[str], tokens: torch.Tensor, cfg_scale: float = 5.0,
+                       temperature: float = 1.0) -> torch.Tensor:
+        """[N, T] teacher-forced log-probs of `tokens`; one forward pass, differentiable.
+
+        `prompts` has one entry per row, or one per group of N / len(prompts) rows (prompt-major, the
+        order `generate` returns)."""
+        ...
+
+    def answer(self, images: Sequence[Image.Image], questions: Sequence[str], max_new_tokens: int = 32,
+               greedy: bool = True, seed: int = 0, temperature: float = 1.0) -> list[str]:
+        """One answer per (image, question); sampled answers draw from `image_seed(seed, row, 0)`."""
+        ...
+
+    def answer_logprobs(self, images: Sequence[Image.Image], questions: Sequence[str],
+                        answers: Sequence[str]) -> AnswerScores:
+        """Teacher-forced per-token log-probs of the given answers; differentiable."""
+        ...
+
+    def encode_images(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        """[N, T] image token ids."""
+        ...
+
+    def decode_tokens(self, tokens: torch.Tensor) -> list[Image.Image]:
+        """RGB images of `image_size` pixels from [N, T] token ids."""
+        ...
+
+    def check_prompts(self, prompts: Sequence[str]) -> None:
+        """Raise InputError naming the first prompt that does not fit the model's context."""
+        ...
+
+    def save(self, path: Path) -> None:
+        """Write an HF-style directory (config, safetensors weights, tokenizer/processor) that `load` reads."""
+        ...
+
+
+def image_seed(base: int, prompt_index: int, image_index: int) -> int:
+    """A 63-bit seed for one image, a hash of (base, prompt index, image index) and nothing else."""
+    if min(base, prompt_index, image_index) < 0:
+        raise ValueError("seeds and indices must be non-negative")
+    lo, hi = np.random.SeedSequence([base, prompt_index, image_index]).generate_state(2, np.uint32)
+    return (int(hi) << 32 | int(lo)) & (2**63 - 1)
+
+
+def resolve_seeds(seeds: Seeds, n_prompts: int, group_size: int) -> list[int]:
+    """Per-row seeds (prompt-major) from a base seed or an explicit [prompt][image] table."""
+    if isinstance(seeds, (int, np.integer)):
+        return [image_seed(int(seeds), p, k) for p in range(n_prompts) for k in range(group_size)]
+    table = [list(row) for row in seeds]
+    if len(table) != n_prompts or any(len(row) != group_size for row in table):
+        raise ValueError(f"seeds: expected {n_prompts} rows of {group_size} seeds, one per (prompt, image)")
+    return [int(s) for row in table for s in row]
+
+
+def uniform_stream(seeds: Sequence[int], length: int) -> torch.Tensor:
+    """[len(seeds), length] float64 uniforms in [0, 1), row i from its own generator seeded seeds[i]."""
+    return torch.from_numpy(np.stack([np.random.default_rng(s).random(length) for s in seeds]))
+
+
+def to_pil(pixels: torch.Tensor) -> list[Image.Image]:
+    """NHWC pixels in [-1, 1] -> RGB images (round to nearest, as the pre-training gate does)."""
+    arr = ((pixels.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu().numpy()
+    return [Image.fromarray(a, "RGB") for a in arr]

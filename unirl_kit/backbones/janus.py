@@ -1,0 +1,213 @@
+"""`janus`: Janus / Janus-Pro through transformers' `JanusForConditionalGeneration` + `JanusProcessor`.
+
+Loads the HF format (e.g. deepseek-community/Janus-Pro-1B, a folder written by `save_pretrained`);
+never sets `trust_remote_code` (the original deepseek-ai repos need it and are not this format).
+Image generation uses our own batched sampler (`janus_sampler`); see `base.py` for the log-prob and
+seed contracts. Prompts go through the processor's chat template when it has one (the real models),
+else raw (tiny-shapes, trained without one); `chat_template=True/False` forces either.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import ClassVar
+
+import torch
+from PIL import Image
+
+from unirl_kit.backbones.base import (
+    AnswerScores,
+    GenerationBatch,
+    Seeds,
+    image_seed,
+    resolve_seeds,
+    to_pil,
+    uniform_stream,
+)
+from unirl_kit.backbones.janus_sampler import (
+    SpecialIds,
+    sample_answer_tokens,
+    sample_image_tokens,
+    teacher_forced_logprobs,
+)
+from unirl_kit.backbones.loading import check_model_dir, is_hub_id, resolve_device, resolve_dtype
+from unirl_kit.types import InputError
+
+_HINT = "give --model a Janus folder in the transformers format (JanusForConditionalGeneration + JanusProcessor)"
+
+
+class JanusBackbone:
+    """Janus / Janus-Pro (transformers format): batched CFG sampler, understanding, VQ tokenizer."""
+
+    name: ClassVar[str] = "janus"
+    DEFAULT_MODEL: ClassVar[str | None] = None  # a subclass (tiny-shapes) points this at shipped weights
+    # Images per VQ decode call. 1: convolution numerics vary with the batch size (a pixel can round the
+    # other way), and an image must not depend on its batch; the decode is cheap next to sampling.
+    DECODE_CHUNK: ClassVar[int] = 1
+
+    def __init__(self, model: str | None = None, device: str = "auto", dtype: str = "auto",
+                 chat_template: bool | None = None) -> None:
+        source = model or self.DEFAULT_MODEL
+        if source is None:
+            raise InputError(f"backbone {self.name!r} needs --model PATH (a local folder or a hub id)")
+        source = str(source)
+        if not is_hub_id(source):
+            check_model_dir(Path(source), "janus", _HINT)  # before the slow imports and loading
+        from transformers import JanusForConditionalGeneration, JanusProcessor
+
+        self.source = source
+        dev = resolve_device(device)
+        try:
+            self.model = JanusForConditionalGeneration.from_pretrained(
+                source, dtype=resolve_dtype(dtype, dev), use_safetensors=True).to(dev).eval()
+            self.processor = JanusProcessor.from_pretrained(source)
+        except OSError as exc:  # a hub id with no network, or a folder transformers cannot read
+            raise InputError(f"--model {source}: cannot load ({str(exc).splitlines()[0]}); {_HINT}") from None
+        self.model.model.vqmodel.requires_grad_(False)  # Janus's VQ is frozen
+        tok = self.processor.tokenizer
+        pad = tok.pad_token_id if tok.pad_token_id is not None else self.model.config.text_config.pad_token_id
+        self.special = SpecialIds(bos=tok.bos_token_id, boi=tok.convert_tokens_to_ids(self.processor.image_start_token),
+                                  pad=pad)
+        self.eos = tok.eos_token_id
+        self.use_chat = self.processor.chat_template is not None if chat_template is None else chat_template
+        cfg = self.model.config
+        self.num_image_tokens = int(cfg.vision_config.num_image_tokens)
+        self.codebook_size = int(cfg.vq_config.num_embeddings)
+        self.image_size = int(cfg.vq_config.num_patches) * 2 ** (len(cfg.vq_config.channel_multiplier) - 1)
+        self.max_positions = int(cfg.text_config.max_position_embeddings)
+
+    @classmethod
+    def load(cls, path: str | Path, **options) -> JanusBackbone:
+        return cls(model=str(path), **options)
+
+    def save(self, path: Path) -> None:
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        self.model.save_pretrained(path)
+        self.processor.save_pretrained(path)
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.dtype
+
+    # ---- prompts ---------------------------------------------------------------------------------
+    def _chat(self, content: list[dict]) -> str:
+        return self.processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True)
+
+    def prompt_ids(self, prompts: Sequence[str]) -> list[list[int]]:
+        """Token ids of each generation prompt ([BOS] ... [BOI]), checked against the context."""
+        if not prompts:
+            return []
+        texts = [self._chat([{"type": "text", "text": p}]) if self.use_chat else p for p in prompts]
+        enc = self.processor(text=texts, generation_mode="image", padding=True, return_tensors="pt")
+        ids = [row[m.bool()].tolist() for row, m in zip(enc.input_ids, enc.attention_mask, strict=True)]
+        limit = self.max_positions - self.num_image_tokens
+        for i, row in enumerate(ids):
+            if len(row) > limit:
+                raise InputError(f"prompt {i} ({prompts[i][:40]!r}...) is {len(row)} tokens; this model fits {limit} "
+                                 f"(max_position_embeddings {self.max_positions} minus {self.num_image_tokens} "
+                                 "image tokens); shorten it")
+        return ids
+
+    def check_prompts(self, prompts: Sequence[str]) -> None:
+        self.prompt_ids(prompts)
+
+    # ---- generation ------------------------------------------------------------------------------
+    def generate(self, prompts: Sequence[str], group_size: int = 1, seeds: Seeds = 0, cfg_scale: float = 5.0,
+                 temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None) -> GenerationBatch:
+        _check_sampling(group_size, top_k, top_p)
+        ids = self.prompt_ids(prompts)
+        row_seeds = resolve_seeds(seeds, len(prompts), group_size)
+        rows = [row for row in ids for _ in range(group_size)]
+        if not rows:
+            return GenerationBatch([], torch.empty(0, self.num_image_tokens, dtype=torch.long),
+                                   torch.empty(0, self.num_image_tokens), [])
+        uniforms = None if temperature <= 0 else uniform_stream(row_seeds, self.num_image_tokens)
+        tokens, logprobs = sample_image_tokens(self.model, rows, self.special, self.num_image_tokens, cfg_scale,
+                                               temperature, uniforms, top_k, top_p)
+        return GenerationBatch(self.decode_tokens(tokens), tokens, logprobs, row_seeds)
+
+    def image_logprobs(self, prompts: Sequence[str], tokens: torch.Tensor, cfg_scale: float = 5.0,
+                       temperature: float = 1.0) -> torch.Tensor:
+        if not prompts or tokens.shape[0] % len(prompts):
+            raise ValueError(f"{tokens.shape[0]} token rows for {len(prompts)} prompts: give one prompt per row "
+                             "or per group (rows prompt-major, as generate returns them)")
+        group = tokens.shape[0] // len(prompts)
+        rows = [row for row in self.prompt_ids(prompts) for _ in range(group)]
+        return teacher_forced_logprobs(self.model, rows, tokens, self.special, cfg_scale, temperature)
+
+    # ---- understanding ---------------------------------------------------------------------------
+    def _understanding_inputs(self, images: Sequence[Image.Image], questions: Sequence[str]):
+        if len(images) != len(questions):
+            raise ValueError(f"{len(images)} images for {len(questions)} questions; pass one of each per row")
+        image_tok = self.processor.image_token
+        texts = [self._chat([{"type": "image"}, {"type": "text", "text": q}]) if self.use_chat else f"{image_tok}{q}"
+                 for q in questions]
+        enc = self.processor(text=texts, images=[im.convert("RGB") for im in images], padding=True,
+                             return_tensors="pt")
+        return enc.to(self.device), enc.pixel_values.to(self.device, self.dtype)
+
+    def answer(self, images: Sequence[Image.Image], questions: Sequence[str], max_new_tokens: int = 32,
+               greedy: bool = True, seed: int = 0, temperature: float = 1.0) -> list[str]:
+        if not questions:
+            return []
+        enc, pixels = self._understanding_inputs(images, questions)
+        mask = None if bool(enc.attention_mask.all()) else enc.attention_mask
+        uniforms = None if greedy else uniform_stream([image_seed(seed, i, 0) for i in range(len(questions))],
+                                                      max_new_tokens)
+        ids = sample_answer_tokens(self.model, enc.input_ids, mask, pixels, self.eos, max_new_tokens, uniforms,
+                                   temperature)
+        return [self.processor.tokenizer.decode(row, skip_special_tokens=True).strip() for row in ids]
+
+    def answer_logprobs(self, images: Sequence[Image.Image], questions: Sequence[str],
+                        answers: Sequence[str]) -> AnswerScores:
+        """Prompt rows left-padded, answers (+ EOS) right-padded, so every answer starts at one column."""
+        if len(answers) != len(questions):
+            raise ValueError(f"{len(answers)} answers for {len(questions)} questions")
+        enc, pixels = self._understanding_inputs(images, questions)
+        tok = self.processor.tokenizer
+        targets = [tok(a, add_special_tokens=False).input_ids + [self.eos] for a in answers]
+        width, span = enc.input_ids.shape[1], max(len(t) for t in targets)
+        answer_ids = torch.full((len(targets), span), self.special.pad, dtype=torch.long)
+        answer_mask = torch.zeros((len(targets), span), dtype=torch.bool)
+        for i, t in enumerate(targets):
+            answer_ids[i, : len(t)] = torch.tensor(t)
+            answer_mask[i, : len(t)] = True
+        answer_ids, answer_mask = answer_ids.to(self.device), answer_mask.to(self.device)
+        ids = torch.cat([enc.input_ids, answer_ids], dim=1)
+        mask = torch.cat([enc.attention_mask, answer_mask.long()], dim=1)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        hidden = self.model.model(input_ids=ids, attention_mask=mask, position_ids=positions, pixel_values=pixels,
+                                  use_cache=False).last_hidden_state[:, width - 1: width - 1 + span]
+        logp = self.model.lm_head(hidden).float().log_softmax(-1).gather(-1, answer_ids[..., None]).squeeze(-1)
+        return AnswerScores(logp * answer_mask, answer_mask, answer_ids)
+
+    # ---- image tokenizer -------------------------------------------------------------------------
+    @torch.no_grad()
+    def encode_images(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        pixels = self.processor.image_processor([im.convert("RGB") for im in images], return_tensors="pt").pixel_values
+        out = self.model.model.vqmodel.encode(pixels.to(self.device, self.dtype))
+        return out.image_tokens.view(len(images), -1).cpu()
+
+    @torch.no_grad()
+    def decode_tokens(self, tokens: torch.Tensor) -> list[Image.Image]:
+        images: list[Image.Image] = []
+        for start in range(0, tokens.shape[0], self.DECODE_CHUNK):
+            chunk = tokens[start: start + self.DECODE_CHUNK].to(self.device)
+            images += to_pil(self.model.decode_image_tokens(chunk))
+        return images
+
+
+def _check_sampling(group_size: int, top_k: int | None, top_p: float | None) -> None:
+    if group_size < 1:
+        raise InputError(f"group_size: must be at least 1, got {group_size}")
+    if top_k is not None and top_k < 1:
+        raise InputError(f"top_k: must be at least 1 (or null for none), got {top_k}")
+    if top_p is not None and not 0.0 < top_p <= 1.0:
+        raise InputError(f"top_p: must be in (0, 1] (or null for none), got {top_p}")
+

@@ -1,0 +1,87 @@
+"""Shared loading rules for HF-style backbone folders: file checks, device and dtype choice.
+
+A bad `--model` path should fail before minutes of weight loading, with the missing files named.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+import torch
+
+from unirl_kit.types import InputError
+
+# Each entry: what a checkpoint needs, as alternatives (any one of them will do).
+REQUIRED_FILES: dict[str, tuple[str, ...]] = {
+    "config": ("config.json",),
+    "weights": ("model.safetensors", "model.safetensors.index.json"),
+    "tokenizer": ("tokenizer.json", "tokenizer.model"),
+    "processor": ("processor_config.json", "preprocessor_config.json"),
+}
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+           "float16": torch.float16, "fp16": torch.float16}
+
+
+def is_hub_id(model: str) -> bool:
+    """"org/name" that is not a local path: fetched by transformers where a network exists."""
+    return bool(_HUB_ID.match(model)) and not Path(model).exists()
+
+
+def missing_files(path: Path) -> list[str]:
+    """The required files (or alternatives) absent from `path`, plus shards an index names but lacks."""
+    path = Path(path)
+    missing = [" or ".join(alts) for alts in REQUIRED_FILES.values() if not any((path / a).is_file() for a in alts)]
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (json.JSONDecodeError, KeyError):
+            raise InputError(f"{index}: not a valid safetensors index (no weight_map); re-save the model") from None
+        missing += [s for s in shards if not (path / s).is_file()]
+    return missing
+
+
+def check_model_dir(path: Path, model_type: str, hint: str) -> None:
+    """Fail with one line if `path` is not a complete HF-style checkpoint of `model_type`."""
+    path = Path(path)
+    if not path.is_dir():
+        raise InputError(f"--model {path}: no such folder; {hint}")
+    missing = missing_files(path)
+    if missing:
+        bin_note = " (found PyTorch .bin weights: re-save with safetensors)" if any(path.glob("*.bin")) else ""
+        raise InputError(f"--model {path}: incomplete checkpoint, missing {', '.join(missing)}{bin_note}; "
+                         "expected a folder written by save_pretrained (model + processor)")
+    try:
+        found = json.loads((path / "config.json").read_text()).get("model_type")
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{path / 'config.json'}: not valid JSON ({exc.msg}); re-save the model") from None
+    if found != model_type:
+        raise InputError(f"{path / 'config.json'}: model_type is {found!r}, not {model_type!r}; {hint}")
+
+
+def resolve_device(device: str) -> torch.device:
+    """'auto': this rank's GPU (LOCAL_RANK under torchrun) when there is one, else the CPU."""
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
+        return torch.device("cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise InputError(f"device: {device!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"device: {device!r} asked for but no CUDA GPU is visible; use device=cpu or auto")
+    return dev
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """'auto': bfloat16 on a GPU, float32 on the CPU."""
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if dtype not in _DTYPES:
+        raise InputError(f"dtype: {dtype!r} is not supported; use auto, {', '.join(_DTYPES)}")
+    return _DTYPES[dtype]

@@ -1,0 +1,1 @@
+"""`unirl generate`: sample images from a backbone into GenEval's layout, with tokens and log-probs."""

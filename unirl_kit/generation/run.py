@@ -1,0 +1,159 @@
+"""`unirl generate`: resolve, check, then sample every unfinished prompt in batches of images.
+
+Determinism: image k of prompt i is drawn with `image_seed(seed, i, k)` (i = the prompt's line index
+in the file), so batch size, resuming and the number of torchrun ranks never change an image. Ranks
+take prompts i = rank, rank + world, ...; each prompt folder is written by exactly one rank.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from unirl_kit.config import to_dict, write_run_info
+from unirl_kit.distributed import rank_and_world
+from unirl_kit.eval.geneval.layout import write_prompt_folder
+from unirl_kit.generation.prompts import read_prompt_file
+from unirl_kit.registry import registry
+from unirl_kit.types import InputError
+
+# Settings that change what an image is: a resumed run must use the same ones.
+_FINGERPRINT = ("backbone", "model", "backbone_options", "group_size", "seed", "cfg_scale",
+                "temperature", "top_k", "top_p")
+
+
+@dataclass
+class GenerateConfig:
+    backbone: str = "tiny-shapes"
+    model: str | None = None  # folder or hub id; None: the backbone's own default (if it has one)
+    backbone_options: dict = field(default_factory=dict)  # more constructor options, e.g. chat_template
+    prompts: str = ""
+    out: str = ""
+    group_size: int = 4
+    batch_size: int = 16  # images per sampler call (cond + uncond rows: twice this many sequences)
+    cfg_scale: float = 5.0  # 1 = no guidance
+    temperature: float = 1.0  # 0 = greedy
+    top_k: int | None = None
+    top_p: float | None = None
+    seed: int = 0
+    device: str = "auto"  # auto: this rank's GPU if any, else cpu
+    dtype: str = "auto"  # auto: bfloat16 on GPU, float32 on CPU
+    progress: bool = True
+
+
+def _check(cfg: GenerateConfig) -> None:
+    if not cfg.prompts or not cfg.out:
+        raise InputError("generate needs --prompts FILE and --out DIR")
+    for key in ("group_size", "batch_size"):
+        if getattr(cfg, key) < 1:
+            raise InputError(f"{key}: must be at least 1, got {getattr(cfg, key)}")
+    if cfg.temperature < 0:
+        raise InputError(f"temperature: must be >= 0 (0 = greedy), got {cfg.temperature}")
+
+
+def _check_same_run(out: Path, cfg: GenerateConfig) -> None:
+    """Refuse to resume into images made with other settings (they would mix silently)."""
+    import yaml
+
+    old_path = out / "config.yaml"
+    if not old_path.is_file():
+        return
+    old, new = yaml.safe_load(old_path.read_text()) or {}, to_dict(cfg)
+    for key in _FINGERPRINT:
+        if key in old and old[key] != new[key]:
+            raise InputError(f"{out}: holds images made with {key}={old[key]!r}, not {new[key]!r}; "
+                             "use another --out, or delete the folder to start over")
+
+
+def build_backbone(cfg: GenerateConfig) -> Any:
+    """The configured backbone; an unknown name fails first, with close matches, before torch loads."""
+    reg = registry("backbones")
+    reg.get(cfg.backbone)
+    options = {**cfg.backbone_options, "device": cfg.device, "dtype": cfg.dtype}
+    if cfg.model is not None:
+        options["model"] = cfg.model
+    from transformers.utils import logging as hf_logging
+
+    shown = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # one progress bar (ours), not one per weight file
+    try:
+        return reg.build(cfg.backbone, **options)
+    finally:
+        if shown:
+            hf_logging.enable_progress_bar()
+
+
+def run_generate(cfg: GenerateConfig, backbone: Any = None) -> dict[str, Any]:
+    """Generate every unfinished prompt of this rank; returns counts and throughput."""
+    _check(cfg)
+    out = Path(cfg.out)
+    metas = read_prompt_file(Path(cfg.prompts))
+    _check_same_run(out, cfg)
+    backbone = backbone if backbone is not None else build_backbone(cfg)
+    from unirl_kit.backbones.base import image_seed  # torch-heavy imports: after the cheap checks
+    from unirl_kit.generation.outputs import is_done
+    try:
+        backbone.check_prompts([m["prompt"] for m in metas])
+    except InputError as exc:
+        raise InputError(f"{cfg.prompts}: {exc}") from None
+    rank, world = rank_and_world()
+    if rank == 0:
+        write_run_info(out, cfg, "generate")
+    mine = list(range(rank, len(metas), world))
+    for i in mine:  # fails at once if OUT holds another prompt set (before any image is skipped as done)
+        write_prompt_folder(out, i, metas[i])
+    todo = [i for i in mine if not is_done(out, i, cfg.group_size)]
+    header = {"backbone": cfg.backbone, "model": cfg.model, "cfg_scale": cfg.cfg_scale,
+              "temperature": cfg.temperature, "top_k": cfg.top_k, "top_p": cfg.top_p, "seed": cfg.seed}
+    rows = [(i, k) for i in todo for k in range(cfg.group_size)]
+    pending: dict[int, dict[int, tuple]] = {}
+    t0 = time.perf_counter()
+    with _progress(cfg, rank, len(rows)) as (bar, task):
+        for start in range(0, len(rows), cfg.batch_size):
+            batch = rows[start:start + cfg.batch_size]
+            result = backbone.generate(
+                [metas[i]["prompt"] for i, _ in batch], group_size=1,
+                seeds=[[image_seed(cfg.seed, i, k)] for i, k in batch], cfg_scale=cfg.cfg_scale,
+                temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p)
+            for j, (i, k) in enumerate(batch):
+                pending.setdefault(i, {})[k] = (result.images[j], result.tokens[j], result.logprobs[j],
+                                                result.seeds[j])
+                if len(pending[i]) == cfg.group_size:
+                    _write(out, i, pending.pop(i), header)
+            done = start + len(batch)
+            bar.update(task, completed=done, rate=done / max(time.perf_counter() - t0, 1e-9))
+    seconds = time.perf_counter() - t0
+    return {"prompts": len(mine), "already_done": len(mine) - len(todo), "images": len(rows),
+            "seconds": round(seconds, 2), "images_per_s": round(len(rows) / seconds, 3) if rows else 0.0,
+            "rank": rank, "world": world}
+
+
+def _write(out: Path, index: int, parts: dict[int, tuple], header: dict) -> None:
+    import torch
+
+    from unirl_kit.generation.outputs import write_prompt_outputs
+
+    order = sorted(parts)
+    write_prompt_outputs(out, index, [parts[k][0] for k in order], torch.stack([parts[k][1] for k in order]),
+                         torch.stack([parts[k][2] for k in order]), [parts[k][3] for k in order], header)
+
+
+class _progress:
+    """A rich progress bar with images/s (rank 0 only; disabled by progress=false)."""
+
+    def __init__(self, cfg: GenerateConfig, rank: int, total: int) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.bar = Progress(TextColumn("generate"), BarColumn(), MofNCompleteColumn(),
+                            TextColumn("{task.fields[rate]:.2f} images/s"), TimeRemainingColumn(),
+                            disable=not cfg.progress or rank != 0 or total == 0, transient=True)
+        self.total = total
+
+    def __enter__(self):
+        self.bar.__enter__()
+        return self.bar, self.bar.add_task("generate", total=self.total, rate=0.0)
+
+    def __exit__(self, *exc) -> None:
+        self.bar.__exit__(*exc)
