@@ -17,15 +17,6 @@ from unirl_kit.testing import save_tiny_clip
 from unirl_kit.types import GENEVAL_COLORS, Detection, InputError
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from threads, and 2 OpenMP threads on a busy 2-core box stall ~100x."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
     config, weights = save_tiny_clip(tmp_path_factory.mktemp("clip"))

@@ -28,15 +28,6 @@ SMALL = (128, 96)  # a small test scale keeps the tiny model's forwards fast
 
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from threads, and 2 OpenMP threads on a busy 2-core box stall ~100x."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory: pytest.TempPathFactory):
     return save_tiny_mask2former(tmp_path_factory.mktemp("m2f") / "model")

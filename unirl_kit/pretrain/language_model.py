@@ -11,7 +11,6 @@ text head out); questions are the six UniRL types, or a caption request answered
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ from unirl_kit.backbones.tiny_shapes import build
 from unirl_kit.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from unirl_kit.pretrain.scenes import scene_batch
 from unirl_kit.pretrain.tokenizer import open_log
+from unirl_kit.schedules import warmup_cosine
 
 
 @dataclass
@@ -47,10 +47,7 @@ class LanguageModelConfig:
 
 
 def _lr(step: int, cfg: LanguageModelConfig) -> float:
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    t = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
-    return cfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
+    return warmup_cosine(step, cfg.steps, cfg.warmup_steps, cfg.lr, floor=0.05)
 
 
 def _left_pad(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:

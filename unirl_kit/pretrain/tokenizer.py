@@ -12,7 +12,6 @@ palette colour, weighted toward object pixels, which is what the shapes detector
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +21,7 @@ import torch.nn.functional as F
 
 from unirl_kit.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from unirl_kit.pretrain.scenes import scene_batch
+from unirl_kit.schedules import warmup_cosine
 from unirl_kit.worlds.shapes.vocab import BACKGROUND, COLORS, PALETTE
 
 
@@ -100,10 +100,7 @@ def tokenizer_loss(rec: torch.Tensor, target: torch.Tensor, cfg: TokenizerConfig
 
 
 def _lr(step: int, cfg: TokenizerConfig) -> float:
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    t = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
-    return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+    return warmup_cosine(step, cfg.steps, cfg.warmup_steps, cfg.lr)
 
 
 def train_tokenizer(cfg: TokenizerConfig, out: Path, seed: int = 0) -> torch.nn.Module:
