@@ -23,8 +23,8 @@ def unit_mask(shape: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
         return np.abs(du) + np.abs(dv) <= 0.5
     if shape == "cross":
         return (np.abs(du) <= 1 / 6) | (np.abs(dv) <= 1 / 6)
-    if shape == "hourglass":  # two triangles meeting at the centre, tips up and down
-        return np.abs(du) <= np.abs(dv)
+    if shape == "hourglass":  # two triangles meeting in a waist a fifth of the side wide
+        return np.abs(du) <= np.abs(dv) * 0.8 + 0.1
     raise ValueError(f"unknown shape {shape!r}")
 
 

@@ -24,5 +24,5 @@ BACKGROUND: tuple[int, int, int] = (96, 96, 96)
 MAX_COUNT = 4
 # Object side lengths in pixels at IMAGE_SIZE (scaled for other sizes): lone objects may be large.
 SIZE_SINGLE = (17, 29)  # odd sides only: see geometry.py
-SIZE_MULTI = (11, 19)
+SIZE_MULTI = (13, 21)
 MIN_GAP = 2  # pixels between objects, so same-coloured neighbours never merge into one component
