@@ -28,7 +28,7 @@ from unirl_kit.schedules import warmup_cosine
 
 @dataclass
 class LanguageModelConfig:
-    steps: int = 6000
+    steps: int = 5000
     gen_batch: int = 16
     und_batch: int = 16
     lr: float = 1e-3
