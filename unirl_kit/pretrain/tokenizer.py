@@ -33,7 +33,7 @@ class TokenizerConfig:
     latent_channels: int = 64
     embed_dim: int = 8
     codebook_size: int = 512
-    steps: int = 4500
+    steps: int = 6000
     batch_size: int = 16
     lr: float = 1e-3
     warmup_steps: int = 200
