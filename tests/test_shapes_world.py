@@ -309,7 +309,7 @@ def test_rerendering_into_the_same_folder_keeps_existing_images(tmp_path):
 
 
 # --------------------------------------------------------------------------------------------
-# robustness: blur + colour noise (measured on this exact set, see the thresholds)
+# robustness: blur + colour noise (measured on this exact set before the world fix; thresholds still hold)
 #   clean renders judged correct:   64 px 98.3% (236/240), 96 px 100% (240/240)
 #   error renders still failing:    100% (103/103) at both sizes
 # (measured on 2,400 images per size before the world fix of 13-21 px objects and the wider hourglass
