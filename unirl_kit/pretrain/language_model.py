@@ -42,6 +42,7 @@ class LanguageModelConfig:
     vision_layers: int = 2
     grad_clip: float = 1.0
     bf16: bool = True
+    device: str = "cpu"  # the recipe's reference is the CPU; "cuda" trains the same recipe on a GPU
     checkpoint_every: int = 250
     log_every: int = 25
 
@@ -69,11 +70,11 @@ def generation_loss(model, tokenizer, prompts: list[str], image_tokens: torch.Te
     for prompt, drop in zip(prompts, uncond.tolist(), strict=True):
         ids = tokenizer(prompt).input_ids + [boi]
         rows.append([t if (t in (bos, boi) or not drop) else pad for t in ids])
-    ids, mask = _left_pad(rows, pad)
+    ids, mask = (t.to(model.device) for t in _left_pad(rows, pad))
     text = model.get_input_embeddings()(ids)
     image = model.prepare_embeddings_for_image_generation(image_tokens[:, :-1])
     embeds = torch.cat([text, image], 1)
-    attn = torch.cat([mask, torch.ones(image.shape[:2], dtype=torch.long)], 1)
+    attn = torch.cat([mask, torch.ones(image.shape[:2], dtype=torch.long, device=mask.device)], 1)
     positions = (attn.cumsum(1) - 1).clamp(min=0)
     hidden = model.model.language_model(inputs_embeds=embeds, attention_mask=attn, position_ids=positions).last_hidden_state
     logits = model.model.generation_head(hidden[:, ids.shape[1] - 1:])
@@ -86,7 +87,7 @@ def understanding_loss(model, tokenizer, pixels: torch.Tensor, questions: list[s
     pad, eos, boi, eoi, img = (vocab[t] for t in (build.PAD, build.EOS, build.BOI, build.EOI, build.IMAGE))
     rows, labels = [], []
     for q, a in zip(questions, answers, strict=True):
-        prompt = [vocab[build.BOS], boi] + [img] * build.NUM_IMAGE_TOKENS + [eoi] + tokenizer(q).input_ids[1:]
+        prompt = [vocab[build.BOS], boi] + [img] * build.NUM_UND_FEATURES + [eoi] + tokenizer(q).input_ids[1:]
         answer = tokenizer(a).input_ids[1:] + [eos]
         rows.append(prompt + answer)
         labels.append([-100] * len(prompt) + answer)
@@ -94,6 +95,7 @@ def understanding_loss(model, tokenizer, pixels: torch.Tensor, questions: list[s
     ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows])
     lab = torch.tensor([r + [-100] * (width - len(r)) for r in labels])
     mask = (torch.arange(width)[None] < torch.tensor([len(r) for r in rows])[:, None]).long()
+    ids, lab, mask = ids.to(model.device), lab.to(model.device), mask.to(model.device)
     logits = model(input_ids=ids, attention_mask=mask, pixel_values=pixels).logits
     return F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), lab[:, 1:].reshape(-1), ignore_index=-100)
 
@@ -117,7 +119,8 @@ def train_language_model(cfg: LanguageModelConfig, vq_dir: Path, out: Path, seed
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
-    model = build_model(cfg, vq_dir).train()
+    device = torch.device(cfg.device)
+    model = build_model(cfg, vq_dir).to(device).train()
     model.model.vqmodel.eval()
     tokenizer = build.build_tokenizer()
     params = [p for p in model.parameters() if p.requires_grad]
@@ -134,15 +137,16 @@ def train_language_model(cfg: LanguageModelConfig, vq_dir: Path, out: Path, seed
         rng = np.random.default_rng([seed, 1, step])
         gen_pixels, gen_specs = scene_batch(seed + 1_000, step, cfg.gen_batch, build.IMAGE_SIZE)
         und_pixels, und_specs = scene_batch(seed + 2_000, step, cfg.und_batch, build.IMAGE_SIZE)
+        gen_pixels, und_pixels = gen_pixels.to(device), und_pixels.to(device)
         with torch.no_grad():
             image_tokens = model.model.vqmodel.encode(gen_pixels).image_tokens.view(cfg.gen_batch, -1)
-        uncond = torch.from_numpy(rng.random(cfg.gen_batch) < cfg.cfg_dropout)
+        uncond = torch.from_numpy(rng.random(cfg.gen_batch) < cfg.cfg_dropout)  # .tolist() only: stays on CPU
         captions = rng.random(cfg.und_batch) < cfg.caption_share
         questions = [build.CAPTION_QUESTION if c else s.question for s, c in zip(und_specs, captions, strict=True)]
         answers = [s.prompt if c else s.answer for s, c in zip(und_specs, captions, strict=True)]
         for group in opt.param_groups:
             group["lr"] = _lr(step, cfg)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
             gen = generation_loss(model, tokenizer, [s.prompt for s in gen_specs], image_tokens, uncond)
             und = understanding_loss(model, tokenizer, und_pixels, questions, answers)
         loss = gen + und

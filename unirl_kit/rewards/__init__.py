@@ -1,0 +1,1 @@
+"""Per-sample rewards (the `rewards` registry group) and their weighted composition."""

@@ -1,0 +1,144 @@
+"""The reward contract: a batch of samples in, one finite float per sample (plus details) out.
+
+Every reward, built in or third-party, is a callable registered in the `rewards` group whose
+constructor takes its options as keyword arguments (typed by their annotations, so `key=value`
+overrides work) and, when it needs one, the policy backbone as `backbone=`. `compose` weights them;
+a reward that raises or returns a non-finite value stops the batch with an error naming the reward
+and the sample: never a silent 0.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol
+
+from unirl_kit.types import InputError, PromptSpec
+
+
+@dataclass
+class Sample:
+    """One generated image with what a reward may need: its prompt metadata (with UniRL's question and
+    answer), the image, its token ids, and where it came from."""
+
+    spec: PromptSpec
+    image: Any  # PIL.Image.Image
+    tokens: Any = None  # torch.LongTensor of image token ids, when the generator recorded them
+    prompt_index: int = 0
+    image_index: int = 0
+    path: str | None = None  # the PNG, relative to the samples folder
+
+    @property
+    def label(self) -> str:
+        return self.path or f"prompt {self.prompt_index} image {self.image_index}"
+
+
+@dataclass
+class RewardOutput:
+    scores: list[float]
+    details: list[dict[str, Any]] = field(default_factory=list)
+
+
+class Reward(Protocol):
+    name: ClassVar[str]
+    needs_backbone: ClassVar[bool]  # the constructor takes backbone=
+
+    def __call__(self, samples: Sequence[Sample]) -> RewardOutput: ...
+
+
+class RewardError(RuntimeError):
+    """A reward failed on a sample; the message names both."""
+
+
+def parse_reward_spec(text: str) -> tuple[str, float]:
+    """'geneval:0.5' -> ('geneval', 0.5); 'self-qa' -> ('self-qa', 1.0)."""
+    name, sep, weight = text.rpartition(":")
+    if not sep:
+        return text.strip(), 1.0
+    try:
+        return name.strip(), float(weight)
+    except ValueError:
+        raise InputError(f"--reward {text!r}: expected NAME or NAME:WEIGHT with a number as weight") from None
+
+
+def check_output(name: str, out: Any, samples: Sequence[Sample]) -> RewardOutput:
+    """The contract, enforced: one finite float per sample, details (if any) one dict per sample."""
+    if not isinstance(out, RewardOutput):
+        raise RewardError(f"reward {name!r} returned {type(out).__name__}, expected RewardOutput")
+    if len(out.scores) != len(samples):
+        raise RewardError(f"reward {name!r} returned {len(out.scores)} scores for {len(samples)} samples")
+    for score, sample in zip(out.scores, samples, strict=True):
+        if not isinstance(score, int | float) or not math.isfinite(score):
+            raise RewardError(f"reward {name!r} gave {score!r} for {sample.label} ({sample.spec.prompt!r}); "
+                              "a reward must be a finite number")
+    details = out.details or [{} for _ in samples]
+    if len(details) != len(samples):
+        raise RewardError(f"reward {name!r} returned {len(details)} details for {len(samples)} samples")
+    return RewardOutput([float(s) for s in out.scores], details)
+
+
+def call_reward(name: str, reward: Reward, samples: Sequence[Sample]) -> RewardOutput:
+    """Run one reward on a batch; any exception becomes a RewardError naming the reward and batch."""
+    try:
+        out = reward(samples)
+    except RewardError:
+        raise
+    except InputError:
+        raise
+    except Exception as exc:
+        where = f"{samples[0].label} .. {samples[-1].label}" if samples else "an empty batch"
+        raise RewardError(f"reward {name!r} failed on {where}: {type(exc).__name__}: {exc}") from exc
+    return check_output(name, out, samples)
+
+
+class ComposedReward:
+    """sum_i w_i * reward_i, with every reward's own score and details kept per sample."""
+
+    def __init__(self, parts: Sequence[tuple[str, float, Reward]]) -> None:
+        if not parts:
+            raise InputError("no reward given; pass --reward NAME[:WEIGHT] (see `unirl plugins rewards`)")
+        self.parts = list(parts)
+
+    @property
+    def names(self) -> list[str]:
+        return [name for name, _, _ in self.parts]
+
+    def __call__(self, samples: Sequence[Sample]) -> tuple[list[float], list[dict[str, Any]]]:
+        """(total per sample, per-sample record {'rewards': {name: score}, 'details': {name: details}})."""
+        totals = [0.0] * len(samples)
+        records: list[dict[str, Any]] = [{"rewards": {}, "details": {}} for _ in samples]
+        for name, weight, reward in self.parts:
+            out = call_reward(name, reward, samples)
+            for i, (score, detail) in enumerate(zip(out.scores, out.details, strict=True)):
+                totals[i] += weight * score
+                records[i]["rewards"][name] = score
+                records[i]["details"][name] = detail
+        return totals, records
+
+
+def build_rewards(specs: Sequence[str], options: dict[str, dict[str, Any]] | None = None,
+                  backbone: Any = None) -> ComposedReward:
+    """`--reward` specs (NAME[:WEIGHT]) -> ComposedReward; `options[NAME]` are that reward's kwargs."""
+    from unirl_kit.registry import registry
+
+    options = options or {}
+    reg = registry("rewards")
+    parts = []
+    seen: set[str] = set()
+    for spec in specs:
+        name, weight = parse_reward_spec(spec)
+        if name in seen:
+            raise InputError(f"--reward {name!r} given twice; give each reward once, with its weight")
+        seen.add(name)
+        factory = reg.get(name)  # unknown names: "did you mean"
+        kwargs = dict(options.get(name, {}))
+        if getattr(factory, "needs_backbone", False):
+            if backbone is None:
+                raise InputError(f"reward {name!r} needs a backbone (the model that answers); give --backbone")
+            kwargs["backbone"] = backbone
+        parts.append((name, weight, reg.build(name, **kwargs)))
+    unknown = set(options) - seen
+    if unknown:
+        raise InputError(f"reward_options: {sorted(unknown)[0]!r} is not among the rewards given ({', '.join(seen)})")
+    return ComposedReward(parts)
