@@ -9,6 +9,7 @@ import json
 import os
 import re
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -85,3 +86,25 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     if dtype not in _DTYPES:
         raise InputError(f"dtype: {dtype!r} is not supported; use auto, {', '.join(_DTYPES)}")
     return _DTYPES[dtype]
+
+
+def load_backbone(name: str, model: str | None = None, device: str = "auto", dtype: str = "auto",
+                  options: dict | None = None) -> Any:
+    """A registered backbone built from a config's fields (shared by generate, eval and training).
+
+    One progress bar (ours) rather than transformers' one per weight file.
+    """
+    from transformers.utils import logging as hf_logging
+
+    from unirl_kit.registry import registry
+
+    kwargs = {**(options or {}), "device": device, "dtype": dtype}
+    if model is not None:
+        kwargs["model"] = model
+    shown = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        return registry("backbones").build(name, **kwargs)
+    finally:
+        if shown:
+            hf_logging.enable_progress_bar()

@@ -27,11 +27,12 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         from unirl_kit.registry import UnknownPluginError
+        from unirl_kit.rewards.base import RewardError
         from unirl_kit.types import InputError
 
         try:
             return fn(*args, **kwargs)
-        except (InputError, UnknownPluginError) as exc:
+        except (InputError, UnknownPluginError, RewardError) as exc:
             fail(str(exc))
         except KeyboardInterrupt:
             typer.secho("interrupted: finished work is saved; rerun the same command to resume", err=True)

@@ -1,4 +1,4 @@
-"""`unirl eval geneval` (and, later, `unirl eval understanding`)."""
+"""`unirl eval geneval` and `unirl eval understanding`."""
 
 from __future__ import annotations
 
@@ -14,11 +14,11 @@ app = typer.Typer(help="Evaluate images (GenEval) and understanding.", no_args_i
 @app.command("geneval")
 def geneval(
     images_dir: str | None = typer.Argument(None, metavar="IMAGES_DIR", show_default=False),
-    detector: str | None = typer.Option(None, help="detector plugin [default: shapes]; see `unirl plugins`"),
+    detector: str | None = typer.Option(None, help="detector plugin (default: shapes); see `unirl plugins`"),
     out: Path | None = typer.Option(None, help="output folder for results.jsonl and summary.json"),
     detections: Path | None = typer.Option(None, help="detections JSONL for --detector precomputed"),
-    color_classifier: str | None = typer.Option(None, help="colour classifier [default: the detector's own]"),
-    batch_size: int | None = typer.Option(None, help="images per detector call [default: 16]"),
+    color_classifier: str | None = typer.Option(None, help="colour classifier (default: the detector's own)"),
+    batch_size: int | None = typer.Option(None, help="images per detector call (default: 16)"),
     config: Path | None = CONFIG_OPTION,
     overrides: list[str] | None = OVERRIDES_ARG,
 ) -> None:
@@ -43,3 +43,44 @@ def _geneval(images_dir, detector, out, detections, color_classifier, batch_size
     if summary:
         print_table(summary)
         typer.echo(f"results: {Path(cfg.out) / 'results.jsonl'}; summary: {Path(cfg.out) / 'summary.json'}")
+
+
+@app.command("understanding")
+def understanding(
+    protocol: list[str] | None = typer.Option(
+        None, "--protocol", "-p", show_default=False,
+        help="geneval_correct, clean, pope, vqa or imbalance; repeat for several (default: clean)"),
+    images_dir: Path | None = typer.Option(None, help="generated images (GenEval layout, from `unirl generate`)"),
+    geneval_results: Path | None = typer.Option(None, help="their results.jsonl (or folder) from `unirl eval geneval`"),
+    vqa: Path | None = typer.Option(None, help="VQA JSONL: image, question, answers[, type] per line"),
+    backbone: str | None = typer.Option(None, help="backbone plugin (default: tiny-shapes); see `unirl plugins`"),
+    model: str | None = typer.Option(None, help="model folder or hub id (default: the backbone's own)"),
+    out: Path | None = typer.Option(None, help="output folder: summary.json, summary.md, rows.jsonl"),
+    device: str | None = typer.Option(None, help="auto, cpu, cuda, cuda:N (default: auto)"),
+    batch_size: int | None = typer.Option(None, help="questions per answer call (default: 32)"),
+    config: Path | None = CONFIG_OPTION,
+    overrides: list[str] | None = OVERRIDES_ARG,
+) -> None:
+    """Understanding: UniRL's self-QA on generated images, clean renders, POPE, VQA, and the
+    generation/understanding imbalance; resumable per protocol.
+
+    More options go in overrides: per_tag=50, pope.strategy=popular, pope.n_images=100,
+    pope.source=generated, imbalance.gen_rule=any, max_new_tokens=32, seed=0, dtype=bf16, ...
+    """
+    _understanding(protocol, images_dir, geneval_results, vqa, backbone, model, out, device, batch_size, config,
+                   overrides)
+
+
+@user_errors
+def _understanding(protocol, images_dir, geneval_results, vqa, backbone, model, out, device, batch_size, config,
+                   overrides) -> None:
+    from unirl_kit.eval.understanding.report import print_tables
+    from unirl_kit.eval.understanding.runner import UnderstandingConfig, run_understanding
+
+    cfg = resolve(UnderstandingConfig, config, dict(
+        protocols=list(protocol) if protocol else None, images_dir=images_dir and str(images_dir),
+        geneval_results=geneval_results and str(geneval_results), vqa_file=vqa and str(vqa), backbone=backbone,
+        model=model, out=out and str(out), device=device, batch_size=batch_size), list(overrides or []))
+    summary = run_understanding(cfg)
+    print_tables(summary)
+    typer.echo(f"summary: {Path(cfg.out) / 'summary.json'}; rows: {Path(cfg.out) / 'rows.jsonl'}")

@@ -69,20 +69,10 @@ def _check_same_run(out: Path, cfg: GenerateConfig) -> None:
 
 def build_backbone(cfg: GenerateConfig) -> Any:
     """The configured backbone; an unknown name fails first, with close matches, before torch loads."""
-    reg = registry("backbones")
-    reg.get(cfg.backbone)
-    options = {**cfg.backbone_options, "device": cfg.device, "dtype": cfg.dtype}
-    if cfg.model is not None:
-        options["model"] = cfg.model
-    from transformers.utils import logging as hf_logging
+    registry("backbones").get(cfg.backbone)
+    from unirl_kit.backbones.loading import load_backbone
 
-    shown = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()  # one progress bar (ours), not one per weight file
-    try:
-        return reg.build(cfg.backbone, **options)
-    finally:
-        if shown:
-            hf_logging.enable_progress_bar()
+    return load_backbone(cfg.backbone, cfg.model, cfg.device, cfg.dtype, cfg.backbone_options)
 
 
 def run_generate(cfg: GenerateConfig, backbone: Any = None) -> dict[str, Any]:

@@ -88,51 +88,67 @@ def keep_detections(
 ColorFn = Callable[[list[Detection], str], list[str]]
 
 
-def evaluate(spec: PromptSpec, kept: dict[str, list[Detection]], classify_colors: ColorFn,
-             opts: RuleOptions) -> Verdict:
-    """The per-image verdict; `classify_colors(found, cls)` is called only when a colour is asked."""
-    correct = True
-    reasons: list[str] = []
-    groups: list[list[Detection] | None] = []
-    for req in spec.include:
-        matched = True
+@dataclass(frozen=True)
+class Check:
+    """One requirement's outcome; kept apart so partial-credit rewards count what the verdict ANDs."""
+
+    kind: str  # "include" or "exclude"
+    index: int  # position in spec.include / spec.exclude
+    passed: bool
+    reason: str = ""  # why it failed (the reference's wording), "" when it passed
+
+
+def requirement_checks(spec: PromptSpec, kept: dict[str, list[Detection]], classify_colors: ColorFn,
+                       opts: RuleOptions) -> list[Check]:
+    """Every include requirement (count, then colour, then position) and every exclude, in order."""
+    checks: list[Check] = []
+    groups: list[list[Detection] | None] = []  # the objects that matched each include, for positions
+    for i, req in enumerate(spec.include):
         found = kept.get(req.cls, [])[: req.count]
+        reason = ""
         if len(found) < req.count:
-            correct = matched = False
-            reasons.append(f"expected {req.cls}>={req.count}, found {len(found)}")
+            reason = f"expected {req.cls}>={req.count}, found {len(found)}"
         else:
             if req.color is not None:
                 colors = classify_colors(found, req.cls)
                 if colors.count(req.color) < req.count:
-                    correct = matched = False
-                    reasons.append(
-                        f"expected {req.color} {req.cls}>={req.count}, found "
-                        f"{colors.count(req.color)} {req.color}; and "
-                        + ", ".join(f"{colors.count(c)} {c}" for c in GENEVAL_COLORS if c in colors)
-                    )
-            if req.position is not None and matched:
+                    reason = (f"expected {req.color} {req.cls}>={req.count}, found "
+                              f"{colors.count(req.color)} {req.color}; and "
+                              + ", ".join(f"{colors.count(c)} {c}" for c in GENEVAL_COLORS if c in colors))
+            if req.position is not None and not reason:
                 relation, target = req.position
-                if groups[target] is None:
-                    correct = matched = False
-                    reasons.append(f"no target for {req.cls} to be {relation}")
+                targets = groups[target]
+                if targets is None:
+                    reason = f"no target for {req.cls} to be {relation}"
                 else:
-                    for obj in found:
-                        for ref in groups[target]:
-                            rels = relative_position(obj.box, ref.box, opts.position_threshold)
-                            if relation not in rels:
-                                correct = matched = False
-                                reasons.append(
-                                    f"expected {req.cls} {relation} target, found "
-                                    f"{' and '.join(sorted(rels))} target"
-                                )
-                                break
-                        if not matched:
-                            break
-        groups.append(found if matched else None)
-    for req in spec.exclude:
+                    reason = _position_failure(found, targets, req.cls, relation, opts)
+        groups.append(None if reason else found)
+        checks.append(Check("include", i, not reason, reason))
+    for i, req in enumerate(spec.exclude):
         n = len(kept.get(req.cls, []))
-        if n >= req.count:
-            correct = False
-            reasons.append(f"expected {req.cls}<{req.count}, found {n}")
+        reason = f"expected {req.cls}<{req.count}, found {n}" if n >= req.count else ""
+        checks.append(Check("exclude", i, not reason, reason))
+    return checks
+
+
+def _position_failure(found: list[Detection], targets: list[Detection], cls: str, relation: str,
+                      opts: RuleOptions) -> str:
+    """The first object/target pair not in `relation` (every pair must be), as the reference words it."""
+    for obj in found:
+        for ref in targets:
+            rels = relative_position(obj.box, ref.box, opts.position_threshold)
+            if relation not in rels:
+                return f"expected {cls} {relation} target, found {' and '.join(sorted(rels))} target"
+    return ""
+
+
+def verdict_from_checks(checks: Sequence[Check], kept: dict[str, list[Detection]]) -> Verdict:
+    """Correct only when every check passes; the failures' reasons, one a line."""
     details = {cls: [d.box5() for d in dets] for cls, dets in kept.items()}
-    return Verdict(correct, "\n".join(reasons), details)
+    return Verdict(all(c.passed for c in checks), "\n".join(c.reason for c in checks if not c.passed), details)
+
+
+def evaluate(spec: PromptSpec, kept: dict[str, list[Detection]], classify_colors: ColorFn,
+             opts: RuleOptions) -> Verdict:
+    """The per-image verdict; `classify_colors(found, cls)` is called only when a colour is asked."""
+    return verdict_from_checks(requirement_checks(spec, kept, classify_colors, opts), kept)

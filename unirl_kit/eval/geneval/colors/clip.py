@@ -13,6 +13,7 @@ import difflib
 import json
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,8 +45,6 @@ class ClipColorClassifier:
         bgcolor: str = "#999999", crop: bool = True, colors: list[str] | None = None,
         quick_gelu: bool | None = None,
     ) -> None:
-        import open_clip
-
         self.colors: list[str] = list(colors) if colors is not None else list(GENEVAL_COLORS)
         if not self.colors or not all(isinstance(c, str) and c for c in self.colors):
             raise InputError(f"color_options.colors={colors!r}: expected a non-empty list of colour names")
@@ -53,28 +52,12 @@ class ClipColorClassifier:
             crop = crop.strip().lower() in ("1", "true", "yes")
         self.bgcolor, self.crop = bgcolor, bool(crop)
         self._background = None if bgcolor == "original" else _parse_color(bgcolor)
-        auto = "cuda" if torch.cuda.is_available() else "cpu"
-        self.device = torch.device(auto if device == "auto" else device)
-        name = _model_name(str(model))
-        if pretrained is not None:
-            weights = Path(pretrained).expanduser()
-            if not weights.is_file():
-                raise InputError(f"color_options.pretrained={pretrained}: weights file not found; give a "
-                                 "local .pt/.bin/.safetensors file (GenEval uses OpenAI's ViT-L-14 weights)")
-            pretrained = str(weights)
-        else:
+        if pretrained is None:
             log.warning("COLOUR CLASSIFIER HAS RANDOM WEIGHTS (color_options.pretrained not set): its "
                         "colours are meaningless; pass color_options.pretrained=FILE (OpenAI ViT-L-14)")
-        if quick_gelu is None:
-            quick_gelu = name == REFERENCE_MODEL
-        try:
-            self.model, _, self.preprocess = open_clip.create_model_and_transforms(
-                name, pretrained=pretrained, device=self.device, force_quick_gelu=bool(quick_gelu))
-        except RuntimeError as exc:
-            raise InputError(f"color_options.pretrained={pretrained}: weights do not fit open_clip model "
-                             f"{model!r} ({str(exc).splitlines()[0][:200]})") from None
-        self.model.eval()
-        self.tokenizer = open_clip.get_tokenizer(name)
+        loaded = load_open_clip(str(model), pretrained, device, quick_gelu, where="color_options")
+        self.device, self.model, self.preprocess, self.tokenizer = (
+            loaded.device, loaded.model, loaded.preprocess, loaded.tokenizer)
         self._text_cache: dict[str, torch.Tensor] = {}
 
     def _autocast(self) -> Any:
@@ -129,6 +112,75 @@ class ClipColorClassifier:
         return [self.colors[i] for i in self.logits(image, detections, cls).argmax(dim=1).tolist()]
 
 
+@dataclass
+class OpenClip:
+    """A loaded open_clip model with what using it takes (shared by the colour classifier and clip-score)."""
+
+    name: str
+    model: Any
+    preprocess: Any
+    tokenizer: Any
+    device: torch.device
+
+
+def load_open_clip(model: str, pretrained: str | None, device: str = "auto", quick_gelu: bool | None = None,
+                   where: str = "color_options") -> OpenClip:
+    """An open_clip model in eval mode, never downloading: `pretrained` is a local weights file, an
+    open_clip tag already in the local cache, or None (random init). `where` prefixes error messages.
+
+    `quick_gelu`: None picks the tag's own setting, or for a file QuickGELU on ViT-L-14 (OpenAI's).
+    """
+    import open_clip
+
+    auto = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(auto if device == "auto" else device)
+    name = _model_name(model, where)
+    tag_quick_gelu = None
+    if pretrained is not None:
+        weights = Path(pretrained).expanduser()
+        tag_cfg = {} if weights.is_file() else open_clip.get_pretrained_cfg(name, pretrained)
+        if weights.is_file():
+            pretrained = str(weights)
+        elif tag_cfg:
+            _check_cached(name, pretrained, tag_cfg, where)
+            tag_quick_gelu = bool(tag_cfg.get("quick_gelu", False))
+        else:
+            raise InputError(f"{where}.pretrained={pretrained}: weights file not found; give a "
+                             "local .pt/.bin/.safetensors file (GenEval uses OpenAI's ViT-L-14 weights)")
+    if quick_gelu is None:
+        quick_gelu = tag_quick_gelu if tag_quick_gelu is not None else name == REFERENCE_MODEL
+    try:
+        clip_model, _, preprocess = open_clip.create_model_and_transforms(
+            name, pretrained=pretrained, device=dev, force_quick_gelu=bool(quick_gelu))
+    except RuntimeError as exc:
+        raise InputError(f"{where}.pretrained={pretrained}: weights do not fit open_clip model "
+                         f"{model!r} ({str(exc).splitlines()[0][:200]})") from None
+    clip_model.eval()
+    return OpenClip(name, clip_model, preprocess, open_clip.get_tokenizer(name), dev)
+
+
+def _check_cached(name: str, tag: str, cfg: dict, where: str) -> None:
+    """A tag's weights must already be in the Hugging Face cache: nothing is downloaded at run time."""
+    from huggingface_hub import hf_hub_download
+
+    repo, _, filename = str(cfg.get("hf_hub", "")).rpartition("/")
+    filename = filename or "open_clip_pytorch_model.bin"  # open_clip's default name
+    candidates = [filename]  # open_clip tries a .safetensors twin first
+    if filename == "open_clip_pytorch_model.bin":
+        candidates.insert(0, "open_clip_model.safetensors")
+    elif filename.endswith((".bin", ".pth")):
+        candidates.insert(0, str(Path(filename).with_suffix(".safetensors")))
+    for candidate in candidates if repo else []:
+        try:
+            hf_hub_download(repo, candidate, local_files_only=True)
+            return
+        except Exception:  # not cached under this name
+            continue
+    raise InputError(f"{where}.pretrained={tag}: open_clip's {name}/{tag} weights are not in the local cache "
+                     "and nothing is downloaded at run time; give a local weights file, or fetch them first "
+                     f"(python -c \"import open_clip; open_clip.create_model('{name}', pretrained='{tag}')\")")
+
+
 def _parse_color(value: str) -> tuple[int, int, int]:
     try:
         return ImageColor.getrgb(value)[:3]
@@ -137,32 +189,32 @@ def _parse_color(value: str) -> tuple[int, int, int]:
                          "or 'original'") from None
 
 
-def _model_name(model: str) -> str:
+def _model_name(model: str, where: str = "color_options") -> str:
     """An open_clip model name; a config JSON is registered under its file stem."""
     import open_clip
 
     path = Path(model).expanduser()
     if model.endswith(".json") or path.is_file():
         if not path.is_file():
-            raise InputError(f"color_options.model={model}: config file not found; give an open_clip model "
+            raise InputError(f"{where}.model={model}: config file not found; give an open_clip model "
                              "config JSON or a model name such as ViT-L-14")
         try:
             config = json.loads(path.read_text())
         except json.JSONDecodeError as exc:
-            raise InputError(f"color_options.model={model}: not valid JSON ({exc})") from None
+            raise InputError(f"{where}.model={model}: not valid JSON ({exc})") from None
         missing = [k for k in ("embed_dim", "vision_cfg", "text_cfg") if k not in config]
         if missing:
-            raise InputError(f"color_options.model={model}: config lacks {', '.join(missing)}; give an "
+            raise InputError(f"{where}.model={model}: config lacks {', '.join(missing)}; give an "
                              "open_clip model config (embed_dim, vision_cfg, text_cfg at the top level)")
         existing = open_clip.get_model_config(path.stem)
         if existing is None:
             open_clip.add_model_config(path)
         elif existing != config:
-            raise InputError(f"color_options.model={model}: {path.stem!r} is already an open_clip model with "
+            raise InputError(f"{where}.model={model}: {path.stem!r} is already an open_clip model with "
                              "another config; rename the JSON file")
         return path.stem
     if open_clip.get_model_config(model) is None:
         close = difflib.get_close_matches(model, open_clip.list_models(), n=3)
         hint = f"; did you mean {', '.join(close)}?" if close else "; or give a model config JSON path"
-        raise InputError(f"color_options.model={model!r}: unknown open_clip model{hint}")
+        raise InputError(f"{where}.model={model!r}: unknown open_clip model{hint}")
     return model

@@ -1,0 +1,53 @@
+"""`unirl score`: per-image rewards for a samples folder, with the spread GRPO would see."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from unirl_kit.cli.common import CONFIG_OPTION, OVERRIDES_ARG, fail, resolve, split_positional, user_errors
+
+
+def score(
+    samples_dir: str | None = typer.Argument(None, metavar="SAMPLES_DIR", show_default=False),
+    reward: list[str] | None = typer.Option(
+        None, "--reward", "-r", show_default=False,
+        help="NAME or NAME:WEIGHT, repeatable (default: self-qa); see `unirl plugins`"),
+    backbone: str | None = typer.Option(None, help="backbone for rewards that need one (default: tiny-shapes)"),
+    model: str | None = typer.Option(None, help="model folder or hub id (default: the backbone's own)"),
+    out: Path | None = typer.Option(None, help="scores file (default: SAMPLES_DIR/scores.jsonl)"),
+    batch_size: int | None = typer.Option(None, help="images per reward call (default: 32)"),
+    config: Path | None = CONFIG_OPTION,
+    overrides: list[str] | None = OVERRIDES_ARG,
+) -> None:
+    """Score every image of a GenEval-layout folder with weighted rewards; resumable; rank-sharded.
+
+    Reward options go in overrides: reward_options.NAME.KEY=VALUE; also device=auto dtype=auto
+    backbone_options.KEY=VALUE progress=false ...
+    """
+    _score(samples_dir, reward, backbone, model, out, batch_size, config, overrides)
+
+
+@user_errors
+def _score(samples_dir, reward, backbone, model, out, batch_size, config, overrides) -> None:
+    from unirl_kit.rewards.base import RewardError
+    from unirl_kit.scoring.run import ScoreConfig, run_score, scores_path, summary_path
+    from unirl_kit.scoring.summary import print_table
+
+    samples_dir, overrides = split_positional(samples_dir, overrides)
+    cfg = resolve(ScoreConfig, config, dict(
+        samples_dir=samples_dir, rewards=list(reward) if reward else None, backbone=backbone, model=model,
+        out=out and str(out), batch_size=batch_size), overrides)
+    try:
+        summary = run_score(cfg)
+    except RewardError as exc:  # a reward's own failure: one line, the rows before it stay
+        fail(" ".join(str(exc).split()))
+    if summary:
+        print_table(summary)
+        path = scores_path(cfg)
+        typer.echo(f"scores: {path}; summary: {summary_path(path)}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("score")(score)

@@ -1,0 +1,185 @@
+"""`unirl eval understanding`: run the chosen protocols with one backbone; resumable per protocol.
+
+Each finished protocol is saved as OUT/protocol_NAME.json with the fingerprint of what decides its
+numbers (model, inputs and their contents, protocol options); a rerun skips those whose fingerprint
+matches and refuses to mix in results made otherwise. The backbone loads only when something is left.
+Outputs: summary.json (every protocol's metrics), summary.md (tables), rows.jsonl (per item, with a
+`protocol` field), config.yaml and versions.json.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from unirl_kit.config import to_dict, write_run_info
+from unirl_kit.eval.understanding.common import results_path
+from unirl_kit.eval.understanding.protocols import Context, plan
+from unirl_kit.jsonl import write_atomic
+from unirl_kit.types import InputError
+
+
+@dataclass
+class PopeOptions:
+    n_images: int = 60  # clean renders to draw, or generated images to sample (0: all of them)
+    strategy: Literal["random", "popular", "adversarial"] = "random"
+    source: Literal["clean", "generated"] = "clean"  # generated: images_dir + geneval_results
+
+
+@dataclass
+class ImbalanceOptions:
+    gen_rule: Literal["any", "majority", "all"] = "majority"  # majority: strictly more than half
+    und_rule: Literal["any", "majority", "all"] = "majority"
+
+
+@dataclass
+class UnderstandingConfig:
+    protocols: list[str] = field(default_factory=lambda: ["clean"])
+    out: str = ""
+    images_dir: str | None = None  # a `unirl generate` folder (GenEval layout)
+    geneval_results: str | None = None  # its results.jsonl from `unirl eval geneval` (or that folder)
+    vqa_file: str | None = None
+    per_tag: int = 50  # clean renders per question type
+    world: str = "shapes"
+    pope: PopeOptions = field(default_factory=PopeOptions)
+    imbalance: ImbalanceOptions = field(default_factory=ImbalanceOptions)
+    backbone: str = "tiny-shapes"
+    model: str | None = None  # None: the backbone's own default (tiny-shapes: the shipped weights)
+    backbone_options: dict = field(default_factory=dict)
+    device: str = "auto"
+    dtype: str = "auto"
+    batch_size: int = 32
+    max_new_tokens: int = 32
+    seed: int = 0
+    progress: bool = True
+
+
+def _digest(path: str | Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+
+
+def model_stamp(cfg: UnderstandingConfig, backbone: Any = None) -> str | None:
+    """Size and the last MiB of each weights file: retrained weights at the same path are not the same model."""
+    source = cfg.model or getattr(backbone, "source", None)
+    if source is None and backbone is None:
+        from unirl_kit.registry import registry
+
+        source = getattr(registry("backbones").get(cfg.backbone), "DEFAULT_MODEL", None)
+    if source is None or not Path(source).is_dir():
+        return None
+    h = hashlib.sha256()
+    for f in sorted(Path(source).glob("*.safetensors")):
+        size = f.stat().st_size
+        with f.open("rb") as fh:
+            fh.seek(max(0, size - 2**20))
+            h.update(f"{f.name}:{size}".encode() + fh.read())
+    return h.hexdigest()[:16]
+
+
+def fingerprint(cfg: UnderstandingConfig, name: str, stamp: str | None) -> dict[str, Any]:
+    """What decides a protocol's numbers (device and batch size do not)."""
+    d = to_dict(cfg)
+    fp: dict[str, Any] = {k: d[k] for k in ("backbone", "model", "backbone_options", "dtype", "max_new_tokens")}
+    fp["model_stamp"] = stamp
+    generated = name in ("geneval_correct", "imbalance") or (name == "pope" and cfg.pope.source == "generated")
+    if generated:
+        fp.update(images_dir=cfg.images_dir, geneval_results=cfg.geneval_results,
+                  geneval_results_sha=_digest(results_path(str(cfg.geneval_results))))
+    if name in ("clean", "pope"):
+        fp.update(seed=cfg.seed, world=cfg.world)
+    if name == "clean":
+        fp["per_tag"] = cfg.per_tag
+    if name == "pope":
+        fp["pope"] = d["pope"]
+    if name == "imbalance":
+        fp["imbalance"] = d["imbalance"]
+    if name == "vqa":
+        fp.update(vqa_file=cfg.vqa_file, vqa_sha=_digest(str(cfg.vqa_file)))
+    return fp
+
+
+def _finished(out: Path, name: str, fp: dict[str, Any]) -> dict[str, Any] | None:
+    """The saved result of a protocol run with this fingerprint; an error for one run otherwise."""
+    path = out / f"protocol_{name}.json"
+    if not path.is_file():
+        return None
+    try:
+        saved = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return None  # torn by a kill (writes are atomic, so only by hand): run it again
+    for key, value in fp.items():
+        old = saved.get("fingerprint", {}).get(key)
+        if old != value:
+            raise InputError(f"{path}: made with {key}={old!r}, not {value!r}; use another --out, or delete "
+                             "that file to run the protocol again")
+    return saved
+
+
+def _check(cfg: UnderstandingConfig) -> None:
+    if not cfg.out:
+        raise InputError("eval understanding needs --out DIR")
+    for key in ("batch_size", "max_new_tokens"):
+        if getattr(cfg, key) < 1:
+            raise InputError(f"{key}: must be at least 1, got {getattr(cfg, key)}")
+
+
+def _progress(enabled: bool) -> tuple[Any, Any]:
+    """A rich progress bar and the `(label, total) -> advance` function the protocols call."""
+    from rich.progress import Progress
+
+    bar = Progress(disable=not enabled, transient=True)
+
+    def start(label: str, total: int) -> Any:
+        task = bar.add_task(label, total=total)
+        return lambda n: bar.advance(task, n)
+
+    return bar, start
+
+
+def build_backbone(cfg: UnderstandingConfig) -> Any:
+    """The configured backbone; an unknown name fails before torch loads."""
+    from unirl_kit.registry import registry
+
+    registry("backbones").get(cfg.backbone)
+    from unirl_kit.backbones.loading import load_backbone
+
+    return load_backbone(cfg.backbone, cfg.model, cfg.device, cfg.dtype, cfg.backbone_options)
+
+
+def run_understanding(cfg: UnderstandingConfig, backbone: Any = None) -> dict[str, Any]:
+    """Run what is not finished yet, then write the summary over every requested protocol."""
+    _check(cfg)
+    tasks = plan(cfg, list(cfg.protocols))
+    out = Path(cfg.out)
+    stamp = model_stamp(cfg, backbone)
+    fps = {name: fingerprint(cfg, name, stamp) for name in tasks}
+    results = {name: _finished(out, name, fps[name]) for name in tasks}
+    write_run_info(out, cfg, "eval understanding")
+    todo = [name for name in tasks if results[name] is None]
+    bar, start = _progress(cfg.progress)
+    ctx = Context(cfg.batch_size, cfg.max_new_tokens, start)
+    if results.get("geneval_correct") is not None:  # imbalance reuses the answers already given
+        ctx.self_answers.update((r["image"], r["answer"]) for r in results["geneval_correct"]["rows"])
+    if todo and backbone is None:
+        backbone = build_backbone(cfg)
+    with bar:
+        for name in todo:
+            t0 = time.perf_counter()
+            result = tasks[name](backbone, ctx)
+            results[name] = {"protocol": name, "fingerprint": fps[name], "seconds": round(time.perf_counter() - t0, 2),
+                             **result}
+            write_atomic(out / f"protocol_{name}.json", json.dumps(results[name]) + "\n")
+    from unirl_kit.eval.understanding.report import to_markdown
+
+    summary = {"backbone": cfg.backbone, "model": cfg.model, "protocols": {n: results[n]["metrics"] for n in tasks},
+               "seconds": {n: results[n].get("seconds") for n in tasks}}
+    write_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    write_atomic(out / "summary.md", to_markdown(summary))
+    write_atomic(out / "rows.jsonl", "".join(json.dumps({"protocol": n, **r}) + "\n"
+                                             for n in tasks for r in results[n]["rows"]))
+    return summary
+

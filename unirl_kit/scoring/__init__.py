@@ -1,0 +1,1 @@
+"""`unirl score`: rewards for every image of a samples folder, and what they say about GRPO's signal."""

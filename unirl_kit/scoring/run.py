@@ -1,0 +1,260 @@
+"""`unirl score`: every image of a samples folder through the composed reward, one JSON line each.
+
+Rows are written per batch and keyed by the image's path, so a rerun scores only what is missing.
+Under torchrun rank r scores images r, r + world, ... into OUT.rank{r}.jsonl and rank 0 merges, as
+`eval geneval` does. The reward set, weights and options (and the backbone, when a reward asks it)
+of the first run are kept in OUT.rewards.json: a rerun with others is refused, since their scores
+would mix silently into one file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from unirl_kit.config import to_dict, write_run_info
+from unirl_kit.distributed import rank_and_world, wait_for_files
+from unirl_kit.eval.geneval.layout import ImageItem, load_image, scan_images
+from unirl_kit.jsonl import ResumableJsonl, write_atomic
+from unirl_kit.registry import registry
+from unirl_kit.rewards.base import ComposedReward, RewardError, Sample, build_rewards, parse_reward_spec
+from unirl_kit.scoring import summary as summ
+from unirl_kit.types import InputError, PromptSpec
+
+SCORES = "scores.jsonl"
+ANSWER_REWARD = "self-qa"  # whose details["answer"] becomes a row's `answer`
+
+
+@dataclass
+class ScoreConfig:
+    samples_dir: str = ""
+    out: str | None = None  # None: SAMPLES_DIR/scores.jsonl
+    rewards: list[str] = field(default_factory=lambda: ["self-qa"])  # NAME or NAME:WEIGHT
+    reward_options: dict[str, dict] = field(default_factory=dict)  # reward name -> its constructor options
+    backbone: str = "tiny-shapes"  # built only when a reward needs it (e.g. self-qa: the model that answers)
+    model: str | None = None
+    backbone_options: dict = field(default_factory=dict)
+    device: str = "auto"
+    dtype: str = "auto"
+    batch_size: int = 32
+    rank_timeout_s: float = 3600.0
+    progress: bool = True
+
+
+def scores_path(cfg: ScoreConfig) -> Path:
+    return Path(cfg.out) if cfg.out else Path(cfg.samples_dir) / SCORES
+
+
+def sibling(out: Path, suffix: str) -> Path:
+    """A file beside the scores file named after it: scores.jsonl -> scores<suffix>."""
+    return out.with_name(out.stem + suffix)
+
+
+def summary_path(out: Path) -> Path:
+    return sibling(out, "_summary.json")
+
+
+def _rank_parts(out: Path) -> list[Path]:
+    return sorted(out.parent.glob(f"{glob.escape(out.stem)}.rank*.jsonl"))
+
+
+def _check(cfg: ScoreConfig, weights: list[tuple[str, float]]) -> None:
+    """Cheap checks, all before a model loads."""
+    if not cfg.samples_dir:
+        raise InputError("score needs SAMPLES_DIR (a `unirl generate` output or any GenEval-layout folder)")
+    if cfg.batch_size < 1:
+        raise InputError(f"batch_size: must be at least 1, got {cfg.batch_size}")
+    if scores_path(cfg).is_dir():
+        raise InputError(f"--out {scores_path(cfg)}: is a folder; give the scores file, e.g. {scores_path(cfg) / SCORES}")
+    names = [n for n, _ in weights]
+    twice = next((n for n in names if names.count(n) > 1), None)
+    if twice is not None:
+        raise InputError(f"--reward {twice!r} given twice; give each reward once, with its weight")
+    unknown = sorted(set(cfg.reward_options) - set(names))
+    if unknown:
+        raise InputError(f"reward_options: {unknown[0]!r} is not among the rewards given ({', '.join(names)})")
+
+
+def _fingerprint(cfg: ScoreConfig, weights: list[tuple[str, float]], needs_backbone: bool) -> dict[str, Any]:
+    """What makes a score what it is (JSON-normalised so a reread header compares equal)."""
+    fp: dict[str, Any] = {"rewards": dict(weights), "reward_options": to_dict(cfg.reward_options)}
+    if needs_backbone:
+        fp.update(backbone=cfg.backbone, model=cfg.model, backbone_options=to_dict(cfg.backbone_options))
+    return json.loads(json.dumps(fp))
+
+
+def _check_same_rewards(out: Path, fp: dict[str, Any]) -> None:
+    header = sibling(out, ".rewards.json")
+    has_scores = (out.is_file() and out.stat().st_size > 0) or bool(_rank_parts(out))
+    if not header.is_file() or not has_scores:
+        return
+    try:
+        old = json.loads(header.read_text())
+    except json.JSONDecodeError:
+        raise InputError(f"{header}: unreadable; use a new --out, or delete {out} to start over") from None
+    for key in sorted(set(old) | set(fp)):
+        if old.get(key) != fp.get(key):
+            raise InputError(f"{out}: holds scores made with {key}={old.get(key)!r}, not {fp.get(key)!r}; "
+                             "use a new --out (or delete it to start over)")
+
+
+def build_backbone(cfg: ScoreConfig) -> Any:
+    """The backbone a reward answers with, built as `unirl generate` builds it."""
+    from unirl_kit.generation.run import GenerateConfig
+    from unirl_kit.generation.run import build_backbone as build
+
+    return build(GenerateConfig(backbone=cfg.backbone, model=cfg.model, backbone_options=cfg.backbone_options,
+                                device=cfg.device, dtype=cfg.dtype))
+
+
+def with_question(spec: PromptSpec) -> PromptSpec:
+    """UniRL's question/answer filled in where the metadata line has none (plain GenEval files)."""
+    if spec.question is not None and spec.answer is not None:
+        return spec
+    from unirl_kit.prompts.qa import question_answer
+
+    try:
+        q, a = question_answer(spec)
+    except (ValueError, KeyError, IndexError):  # not one of the six tags, or malformed: no template
+        return spec
+    return dataclasses.replace(spec, question=spec.question or q, answer=spec.answer or a)
+
+
+def _tokens(samples_dir: Path, folder: str, image_index: int) -> Any:
+    """Row `image_index` of the folder's tokens file (read lazily), or None when not recorded."""
+    from unirl_kit.generation.outputs import TOKENS_FILE
+
+    path = samples_dir / folder / TOKENS_FILE
+    if not path.is_file():
+        return None
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as fh:
+        if "tokens" not in fh.keys():
+            return None
+        rows = fh.get_slice("tokens")
+        if image_index >= rows.get_shape()[0]:
+            return None
+        return rows[image_index:image_index + 1][0]
+
+
+def make_sample(samples_dir: Path, item: ImageItem, specs: dict[str, PromptSpec]) -> Sample:
+    folder, _, name = item.rel.split("/")
+    if folder not in specs:
+        specs[folder] = with_question(item.spec)
+    return Sample(spec=specs[folder], image=load_image(samples_dir, item.rel),
+                  tokens=_tokens(samples_dir, folder, int(name[:-4])), prompt_index=int(folder),
+                  image_index=int(name[:-4]), path=item.rel)
+
+
+def make_row(sample: Sample, total: float, record: dict[str, Any]) -> dict[str, Any]:
+    for name, detail in record["details"].items():
+        try:
+            json.dumps(detail)
+        except (TypeError, ValueError) as exc:
+            raise RewardError(f"reward {name!r} gave details for {sample.label} that are not JSON ({exc}); "
+                              "details must be plain numbers, strings, lists and dicts") from None
+    qa = record["details"].get(ANSWER_REWARD)
+    answer = qa.get("answer") if isinstance(qa, dict) else None
+    return {"filename": sample.path, "prompt_index": sample.prompt_index, "image_index": sample.image_index,
+            "tag": sample.spec.tag, "prompt": sample.spec.prompt, "reward": total, "rewards": record["rewards"],
+            "answer": answer, "details": record["details"]}
+
+
+def _score(items: Sequence[ImageItem], store: ResumableJsonl, composed: ComposedReward, cfg: ScoreConfig,
+           label: str) -> None:
+    samples_dir = Path(cfg.samples_dir)
+    todo = [it for it in items if it.rel not in store.done]
+    specs: dict[str, PromptSpec] = {}
+    t0 = time.perf_counter()
+    with _progress(label, len(todo), cfg.progress) as (bar, task):
+        for start in range(0, len(todo), cfg.batch_size):
+            samples = [make_sample(samples_dir, it, specs) for it in todo[start:start + cfg.batch_size]]
+            try:
+                totals, records = composed(samples)
+                rows = [make_row(s, t, r) for s, t, r in zip(samples, totals, records, strict=True)]
+            except RewardError as exc:
+                raise RewardError(f"{exc} (the {len(store.rows)} images scored before are kept in "
+                                  f"{store.path}; rerun the same command to resume)") from exc
+            store.append(rows)
+            done = start + len(samples)
+            bar.update(task, completed=done, rate=done / max(time.perf_counter() - t0, 1e-9))
+
+
+def run_score(cfg: ScoreConfig, backbone: Any = None) -> dict[str, Any]:
+    """Score what is missing, merge the ranks' parts, summarise; returns the summary ({} on ranks > 0)."""
+    weights = [parse_reward_spec(s) for s in cfg.rewards]
+    _check(cfg, weights)
+    reg = registry("rewards")
+    needs_backbone = any(getattr(reg.get(n), "needs_backbone", False) for n, _ in weights)  # did-you-mean
+    samples_dir, out = Path(cfg.samples_dir), scores_path(cfg)
+    items = scan_images(samples_dir)
+    fp = _fingerprint(cfg, weights, needs_backbone)
+    _check_same_rewards(out, fp)  # every rank, before anything is written or loaded
+    if needs_backbone and backbone is None:
+        backbone = build_backbone(cfg)
+    composed = build_rewards(cfg.rewards, cfg.reward_options, backbone if needs_backbone else None)
+    rank, world = rank_and_world()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if rank == 0:
+        write_run_info(out.parent, cfg, "score", prefix=f"{out.stem}.")
+        write_atomic(sibling(out, ".rewards.json"), json.dumps(fp, indent=2) + "\n")
+    key = lambda row: row["filename"]  # noqa: E731
+    merged = ResumableJsonl(out, key)
+    if world == 1:
+        for part in _rank_parts(out):  # left by an earlier sharded run
+            merged.append(ResumableJsonl(part, key).rows)
+        _score(items, merged, composed, cfg, "score")
+    else:
+        part = ResumableJsonl(sibling(out, f".rank{rank}.jsonl"), key)
+        part.done |= merged.done
+        _score(items[rank::world], part, composed, cfg, f"score rank {rank}")
+        sibling(out, f".rank{rank}.done").touch()
+        if rank != 0:
+            return {}
+        wait_for_files([sibling(out, f".rank{r}.done") for r in range(world)], cfg.rank_timeout_s, "the other ranks")
+        for r in range(world):
+            merged.append(ResumableJsonl(sibling(out, f".rank{r}.jsonl"), key).rows)
+    rows = _in_scan_order(out, merged, items)
+    for stale in [*_rank_parts(out), *out.parent.glob(f"{glob.escape(out.stem)}.rank*.done")]:
+        stale.unlink(missing_ok=True)
+    if len(rows) != len(items):  # e.g. a stale marker of a crashed rank: never summarise a partial set
+        raise InputError(f"{out}: {len(items) - len(rows)} of {len(items)} images have no score yet; "
+                         "rerun the same command to score them")
+    summary = summ.summarize(rows, weights)
+    write_atomic(summary_path(out), summ.dumps(summary))
+    return summary
+
+
+def _in_scan_order(out: Path, merged: ResumableJsonl, items: Sequence[ImageItem]) -> list[dict[str, Any]]:
+    """The rows of images still in the folder, in scan order; the file is rewritten if that differs."""
+    order = {it.rel: i for i, it in enumerate(items)}
+    rows = sorted((r for r in merged.rows if r["filename"] in order), key=lambda r: order[r["filename"]])
+    if [r["filename"] for r in rows] != [r["filename"] for r in merged.rows]:
+        write_atomic(out, "".join(json.dumps(r) + "\n" for r in rows))
+    return rows
+
+
+class _progress:
+    """A rich progress bar with samples/s (rank 0 only; disabled by progress=false)."""
+
+    def __init__(self, label: str, total: int, enabled: bool) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.bar = Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(),
+                            TextColumn("{task.fields[rate]:.2f} samples/s"), TimeRemainingColumn(),
+                            disable=not enabled or rank_and_world()[0] != 0 or total == 0, transient=True)
+        self.total = total
+
+    def __enter__(self):
+        self.bar.__enter__()
+        return self.bar, self.bar.add_task("score", total=self.total, rate=0.0)
+
+    def __exit__(self, *exc: Any) -> None:
+        self.bar.__exit__(*exc)
