@@ -1,0 +1,1 @@
+"""Post-training (GRPO) pieces: the loss numerics here, the trainer loop on top."""
