@@ -17,14 +17,17 @@ from safetensors.torch import load_file, save_file
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 
 
-def save_checkpoint(root: Path, step: int, model: torch.nn.Module, state: dict[str, Any], keep: int = 2) -> Path:
-    """root/step-N/{model.safetensors, state.pt}; older ones beyond `keep` are removed."""
+def save_checkpoint(root: Path, step: int, model: torch.nn.Module | dict[str, torch.Tensor], state: dict[str, Any],
+                    keep: int = 2) -> Path:
+    """root/step-N/{model.safetensors, state.pt}; older ones beyond `keep` are removed. `model` is a
+    module (its whole state dict) or just the tensors to keep (e.g. a LoRA adapter's)."""
     root = Path(root)
     final = root / f"step-{step:07d}"
     tmp = root / f".tmp-step-{step:07d}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    weights = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    tensors = model if isinstance(model, dict) else model.state_dict()
+    weights = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     save_file(_untie(weights), tmp / "model.safetensors")
     torch.save({**state, "step": step, "torch_rng": torch.get_rng_state()}, tmp / "state.pt")
     shutil.rmtree(final, ignore_errors=True)

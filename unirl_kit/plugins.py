@@ -39,3 +39,27 @@ REGISTRIES["backbones"].register(
     "janus", "unirl_kit.backbones.janus:JanusBackbone",
     description="Janus / Janus-Pro in the transformers format (--model PATH); batched CFG sampler",
 )
+REGISTRIES["backbones"].register(
+    "tiny-shapes", "unirl_kit.backbones.tiny_shapes.backbone:TinyShapesBackbone",
+    description="the embedded default: a tiny Janus trained on the shapes world, shipped in the package",
+)
+REGISTRIES["rewards"].register(
+    "remote", "unirl_kit.rewards.remote:RemoteReward",
+    description="scores through a reward server (`unirl serve reward`) in another env or machine; remote.url=...",
+)
+REGISTRIES["rewards"].register(
+    "self-qa", "unirl_kit.rewards.self_qa:SelfQAReward",
+    description="the policy answers UniRL's question about its own image; graded credit 0..1 (needs backbone)",
+)
+REGISTRIES["rewards"].register(
+    "geneval", "unirl_kit.rewards.geneval_reward:GenevalReward",
+    description="GenEval's verdict, 1 or 0, with eval geneval's detector, colour classifier and rules",
+)
+REGISTRIES["rewards"].register(
+    "geneval-partial", "unirl_kit.rewards.geneval_reward:GenevalPartialReward",
+    description="GenEval with partial credit: the share of include/exclude requirements met",
+)
+REGISTRIES["rewards"].register(
+    "clip-score", "unirl_kit.rewards.clip_score:ClipScoreReward",
+    description="CLIPScore, 2.5 * max(cos(image, prompt), 0), open_clip from local weights (no download)",
+)

@@ -95,11 +95,11 @@ class Backbone(Protocol):
         ...
 
     def image_logprobs(self, prompts: Sequence[str], tokens: torch.Tensor, cfg_scale: float = 5.0,
-                       temperature: float = 1.0) -> torch.Tensor:
+                       temperature: float = 1.0, with_entropy: bool = False):
         """[N, T] teacher-forced log-probs of `tokens`; one forward pass, differentiable.
 
         `prompts` has one entry per row, or one per group of N / len(prompts) rows (prompt-major, the
-        order `generate` returns)."""
+        order `generate` returns). with_entropy: returns (logprobs, entropy [N, T], detached)."""
         ...
 
     def answer(self, images: Sequence[Image.Image], questions: Sequence[str], max_new_tokens: int = 32,

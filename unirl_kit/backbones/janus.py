@@ -133,13 +133,13 @@ class JanusBackbone:
         return GenerationBatch(self.decode_tokens(tokens), tokens, logprobs, row_seeds)
 
     def image_logprobs(self, prompts: Sequence[str], tokens: torch.Tensor, cfg_scale: float = 5.0,
-                       temperature: float = 1.0) -> torch.Tensor:
+                       temperature: float = 1.0, with_entropy: bool = False):
         if not prompts or tokens.shape[0] % len(prompts):
             raise ValueError(f"{tokens.shape[0]} token rows for {len(prompts)} prompts: give one prompt per row "
                              "or per group (rows prompt-major, as generate returns them)")
         group = tokens.shape[0] // len(prompts)
         rows = [row for row in self.prompt_ids(prompts) for _ in range(group)]
-        return teacher_forced_logprobs(self.model, rows, tokens, self.special, cfg_scale, temperature)
+        return teacher_forced_logprobs(self.model, rows, tokens, self.special, cfg_scale, temperature, with_entropy)
 
     # ---- understanding ---------------------------------------------------------------------------
     def _understanding_inputs(self, images: Sequence[Image.Image], questions: Sequence[str]):

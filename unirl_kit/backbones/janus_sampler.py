@@ -160,8 +160,10 @@ def sample_image_tokens(model, prompt_ids: Sequence[Sequence[int]], special: Spe
 
 
 def teacher_forced_logprobs(model, prompt_ids: Sequence[Sequence[int]], tokens: torch.Tensor,
-                            special: SpecialIds, cfg_scale: float, temperature: float) -> torch.Tensor:
-    """[N, T] log-probs of `tokens` with the rows and scores of `sample_image_tokens`, in one forward."""
+                            special: SpecialIds, cfg_scale: float, temperature: float,
+                            with_entropy: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """[N, T] log-probs of `tokens` with the rows and scores of `sample_image_tokens`, in one forward;
+    with_entropy: also the [N, T] entropy of each position's distribution (detached, for logging)."""
     device = model.device
     rows = guidance_rows(prompt_ids, special, cfg_scale, device)
     n, (r, width) = rows.n, rows.ids.shape
@@ -184,7 +186,14 @@ def teacher_forced_logprobs(model, prompt_ids: Sequence[Sequence[int]], tokens: 
         scores = logits.float()
     if temperature > 0:
         scores = scores / temperature
-    return (scores.gather(-1, tokens[..., None]).squeeze(-1) - torch.logsumexp(scores, dim=-1))
+    logz = torch.logsumexp(scores, dim=-1)
+    logp = scores.gather(-1, tokens[..., None]).squeeze(-1) - logz
+    if not with_entropy:
+        return logp
+    with torch.no_grad():
+        log_probs = scores - logz[..., None]
+        entropy = -(log_probs.exp() * log_probs).sum(-1)
+    return logp, entropy
 
 
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import typer
 
-from unirl_kit.cli import eval_cmd, generate_cmd, plugins_cmd, pretrain_cmd, prompts_cmd
+from unirl_kit.cli import eval_cmd, generate_cmd, plugins_cmd, pretrain_cmd, prompts_cmd, score_cmd, serve_cmd
 
 app = typer.Typer(
     name="unirl",
-    help="UniRL toolkit: prompts, rendering, GenEval and (soon) self-improvement of unified models.",
+    help="UniRL toolkit: self-improvement of unified multimodal models (generate, score, train, evaluate).",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -17,6 +17,8 @@ prompts_cmd.register(app)
 plugins_cmd.register(app)
 pretrain_cmd.register(app)
 generate_cmd.register(app)
+score_cmd.register(app)
+serve_cmd.register(app)
 app.add_typer(eval_cmd.app, name="eval")
 
 
