@@ -1,0 +1,229 @@
+"""What both trainers share: processes, the policy on its device, optimizer and schedule, gradient
+sync and clipping, metrics, checkpoints and the final export."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from unirl_kit.schedules import warmup_cosine
+from unirl_kit.training.config import BackboneConfig, LoraConfig, OptimConfig, RunConfig
+from unirl_kit.types import InputError
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (a NaN loss, ...); the message says what and where the last good checkpoint is."""
+
+
+def init_processes() -> tuple[int, int]:
+    """(rank, world) under torchrun / accelerate launch (their env vars), else (0, 1); gloo on the CPU."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend=backend)
+    return dist.get_rank(), dist.get_world_size()
+
+
+@dataclass
+class Policy:
+    """The backbone being trained, what the optimizer sees, and how to get the reference policy."""
+
+    backbone: Any
+    params: list[torch.nn.Parameter]
+    lora: bool
+    reference: Any = None  # a frozen copy of the model (full fine-tuning with beta > 0)
+    autocast: Any = field(default=contextlib.nullcontext)
+
+    @property
+    def model(self) -> torch.nn.Module:
+        return self.backbone.model
+
+    @contextlib.contextmanager
+    def as_reference(self) -> Iterator[None]:
+        """Inside, the backbone computes with the reference weights (adapters off, or the frozen copy)."""
+        if self.lora:
+            from unirl_kit.training.lora import adapters_disabled
+
+            with adapters_disabled(self.model), torch.no_grad():
+                yield
+            return
+        if self.reference is None:
+            raise RuntimeError("no reference policy kept (beta = 0)")
+        live = self.backbone.model
+        self.backbone.model = self.reference
+        try:
+            with torch.no_grad():
+                yield
+        finally:
+            self.backbone.model = live
+
+    def trained_weights(self) -> dict[str, torch.Tensor]:
+        if self.lora:
+            from unirl_kit.training.lora import adapter_state_dict
+
+            return adapter_state_dict(self.model)
+        return {n: p.detach() for n, p in self.model.named_parameters() if p.requires_grad}
+
+
+def build_policy(cfg: BackboneConfig, lora: LoraConfig, keep_reference: bool) -> Policy:
+    from unirl_kit.backbones.loading import load_backbone
+
+    backbone = load_backbone(cfg.name, cfg.model, cfg.device, cfg.dtype, cfg.options)
+    model = backbone.model
+    if lora.enabled:
+        from unirl_kit.training.lora import apply_lora
+
+        params = apply_lora(model, lora)
+    else:
+        vq = getattr(getattr(model, "model", model), "vqmodel", None)
+        model.requires_grad_(True)
+        if vq is not None:  # the image tokenizer stays frozen, as in Janus
+            vq.requires_grad_(False)
+        params = [p for p in model.parameters() if p.requires_grad]
+    reference = None
+    if keep_reference and not lora.enabled:
+        reference = copy.deepcopy(model).eval().requires_grad_(False)
+    if cfg.gradient_checkpointing:
+        if not hasattr(model, "gradient_checkpointing_enable"):
+            raise InputError(f"backbone.gradient_checkpointing: {type(model).__name__} does not support it")
+        model.gradient_checkpointing_enable()
+    model.train()
+    use_bf16 = cfg.bf16 == "true" or (cfg.bf16 == "auto" and backbone.device.type == "cuda")
+    autocast = (lambda: torch.autocast(backbone.device.type, dtype=torch.bfloat16)) if use_bf16 \
+        else contextlib.nullcontext
+    return Policy(backbone, params, lora.enabled, reference, autocast)
+
+
+def build_optimizer(params: list[torch.nn.Parameter], cfg: OptimConfig) -> torch.optim.Optimizer:
+    if not params:
+        raise InputError("nothing to train: every parameter is frozen")
+    return torch.optim.AdamW(params, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
+
+
+def learning_rate(step: int, total: int, cfg: OptimConfig) -> float:
+    if cfg.schedule == "constant":
+        return cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else cfg.lr
+    return warmup_cosine(step, total, cfg.warmup_steps, cfg.lr, floor=cfg.min_lr_ratio)
+
+
+def sync_gradients(params: list[torch.nn.Parameter], world: int) -> None:
+    """Average gradients over ranks (data parallel); one flat all-reduce, whatever path the forward took."""
+    if world == 1:
+        return
+    import torch.distributed as dist
+
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= world
+    offset = 0
+    for p, g in zip(params, grads, strict=True):
+        n = g.numel()
+        p.grad = flat[offset: offset + n].view_as(p).clone()
+        offset += n
+
+
+def optimizer_step(policy: Policy, optimizer: torch.optim.Optimizer, lr: float, cfg: OptimConfig,
+                   world: int) -> float:
+    """Sync, clip, step; returns the gradient norm before clipping."""
+    sync_gradients(policy.params, world)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    norm = torch.nn.utils.clip_grad_norm_(policy.params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return float(norm)
+
+
+def gather_floats(values: torch.Tensor, world: int) -> torch.Tensor:
+    """Concatenate a 1-D float tensor over ranks, in rank order (equal lengths)."""
+    if world == 1:
+        return values
+    import torch.distributed as dist
+
+    parts = [torch.empty_like(values) for _ in range(world)]
+    dist.all_gather(parts, values.contiguous())
+    return torch.cat(parts)
+
+
+class MetricsLog:
+    """metrics.jsonl (one line per step; a resumed run first drops lines past its checkpoint) and
+    TensorBoard scalars when tensorboard is installed."""
+
+    def __init__(self, out: Path, resumed_step: int, tensorboard: bool) -> None:
+        self.path = Path(out) / "metrics.jsonl"
+        if self.path.exists():
+            keep = [ln for ln in self.path.read_text().splitlines() if _step_of(ln) <= resumed_step]
+            self.path.write_text("".join(ln + "\n" for ln in keep))
+        self.writer = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.writer = SummaryWriter(str(Path(out) / "tensorboard"))
+            except ImportError:
+                pass
+
+    def write(self, row: dict[str, Any]) -> None:
+        with self.path.open("a") as fh:
+            fh.write(json.dumps(row) + "\n")
+        if self.writer is not None:
+            for key, value in row.items():
+                if isinstance(value, int | float) and key != "step":
+                    self.writer.add_scalar(key, value, row["step"])
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def _step_of(line: str) -> int:
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return 1 << 60  # a torn line: dropped
+
+
+def export_final(policy: Policy, out: Path) -> Path:
+    """out/final: an HF-style folder the backbone loads (LoRA merged into the weights)."""
+    target = Path(out) / "final"
+    if policy.lora:
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        layers = [m for m in policy.model.modules() if isinstance(m, BaseTunerLayer)]
+        for layer in layers:
+            layer.merge()
+        try:
+            state = {k.replace(".base_layer.", "."): v for k, v in policy.model.state_dict().items() if "lora_" not in k}
+            policy.backbone.model.save_pretrained(target, state_dict=state)
+            policy.backbone.processor.save_pretrained(target)
+        finally:
+            for layer in layers:
+                layer.unmerge()
+    else:
+        policy.backbone.save(target)
+    return target
+
+
+def check_out(run: RunConfig, resume: bool) -> Path:
+    """A fresh run refuses an `out` holding checkpoints (say --resume); a resume needs them."""
+    from unirl_kit.checkpoint import latest_checkpoint
+
+    out = Path(run.out)
+    has = latest_checkpoint(out / "checkpoints") is not None
+    if has and not resume:
+        raise InputError(f"{out} already holds checkpoints; pass --resume to continue it or give a new run.out")
+    out.mkdir(parents=True, exist_ok=True)
+    return out

@@ -1,0 +1,191 @@
+"""Trainer configs: one dataclass per recipe, YAML in configs/ plus `key=value` overrides.
+
+The global batch is always `prompts_per_step x group_size` images, whatever the number of
+processes: each rank takes `prompts_per_step / world` whole prompt groups.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from unirl_kit.types import InputError
+
+LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo")
+TARGETS = ("gen", "und", "joint")
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-5
+    weight_decay: float = 0.0
+    beta1: float = 0.9
+    beta2: float = 0.999
+    schedule: str = "constant"  # constant | warmup_cosine
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.1  # warmup_cosine decays to lr * this
+    grad_clip: float = 1.0
+    micro_batch: int = 16  # rows per forward/backward; gradients accumulate over the step's batch
+
+
+@dataclass
+class LoraConfig:
+    enabled: bool = False
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.0
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+
+
+@dataclass
+class SamplingConfig:
+    cfg_scale: float = 5.0
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+
+
+@dataclass
+class BackboneConfig:
+    name: str = "tiny-shapes"
+    model: str | None = None
+    options: dict = field(default_factory=dict)
+    device: str = "auto"
+    dtype: str = "float32"  # the trained weights' dtype; bf16 autocast on GPU is `bf16`
+    bf16: str = "auto"  # autocast: auto = on for CUDA, off on CPU
+    gradient_checkpointing: bool = False
+
+
+@dataclass
+class RunConfig:
+    out: str = "runs/train"
+    seed: int = 0
+    steps: int = 20
+    checkpoint_every: int = 10
+    keep_checkpoints: int = 2
+    log_every: int = 1
+    progress: bool = True
+    tensorboard: bool = True  # when tensorboard is installed
+
+
+@dataclass
+class GRPOConfig:
+    prompts: str = ""  # a `unirl prompts` file (or GenEval metadata JSONL)
+    prompts_per_step: int = 4
+    group_size: int = 4
+    num_iterations: int = 1  # mu: passes over each sampled batch
+    epsilon: float = 0.2
+    epsilon_high: float | None = None
+    beta: float = 0.0  # k3 KL weight; 0 keeps no reference model
+    loss_type: str = "grpo"
+    scale_rewards: str = "group"  # group | batch | none
+    target: str = "gen"  # gen | und | joint
+    gen_weight: float = 1.0
+    und_weight: float = 1.0
+    rewards: list[str] = field(default_factory=lambda: ["self-qa"])
+    reward_options: dict = field(default_factory=dict)
+    und_temperature: float = 1.0  # answers sampled for the `und` target
+    und_max_new_tokens: int = 24
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+
+def check_grpo(cfg: GRPOConfig, world: int = 1) -> None:
+    """Every invalid setting fails here, before a model is loaded or an image drawn."""
+    if not cfg.prompts:
+        raise InputError("grpo: prompts is empty; give a `unirl prompts` file (prompts=FILE)")
+    if cfg.group_size < 2:
+        raise InputError(f"group_size: must be at least 2 (a group of one has no baseline), got {cfg.group_size}")
+    if cfg.prompts_per_step < 1:
+        raise InputError(f"prompts_per_step: must be at least 1, got {cfg.prompts_per_step}")
+    if cfg.prompts_per_step % world:
+        raise InputError(f"prompts_per_step ({cfg.prompts_per_step}) must divide by the {world} processes so "
+                         "that every rank holds whole groups")
+    if cfg.loss_type not in LOSS_TYPES:
+        raise InputError(f"loss_type: {cfg.loss_type!r} is not one of {', '.join(LOSS_TYPES)}")
+    if cfg.target not in TARGETS:
+        raise InputError(f"target: {cfg.target!r} is not one of {', '.join(TARGETS)}")
+    if cfg.scale_rewards not in ("group", "batch", "none"):
+        raise InputError(f"scale_rewards: {cfg.scale_rewards!r} is not one of group, batch, none")
+    if cfg.num_iterations < 1:
+        raise InputError(f"num_iterations: must be at least 1, got {cfg.num_iterations}")
+    if cfg.epsilon < 0 or (cfg.epsilon_high is not None and cfg.epsilon_high < 0):
+        raise InputError("epsilon and epsilon_high must be >= 0")
+    if cfg.beta < 0:
+        raise InputError(f"beta: must be >= 0, got {cfg.beta}")
+    check_common(cfg.optim, cfg.run)
+
+
+def check_common(optim: OptimConfig, run: RunConfig) -> None:
+    if optim.schedule not in ("constant", "warmup_cosine"):
+        raise InputError(f"optim.schedule: {optim.schedule!r} is not one of constant, warmup_cosine")
+    if optim.micro_batch < 1:
+        raise InputError(f"optim.micro_batch: must be at least 1, got {optim.micro_batch}")
+    if optim.lr <= 0:
+        raise InputError(f"optim.lr: must be > 0, got {optim.lr}")
+    if run.steps < 1:
+        raise InputError(f"run.steps: must be at least 1, got {run.steps}")
+    if run.checkpoint_every < 1:
+        raise InputError(f"run.checkpoint_every: must be at least 1, got {run.checkpoint_every}")
+
+
+SFT_MODES = ("und", "e2e", "gen-rs")
+
+
+@dataclass
+class SFTConfig:
+    """UniRL SFT (docs in unirl_kit/training/sft.py): the model trains on its own images.
+
+    und: NLL of the ground-truth answer given the image and question (generation untouched);
+    e2e: the same loss through a straight-through Gumbel-softmax into generation;
+    gen-rs: next-token cross-entropy on the generated images whose reward reaches `threshold`.
+    """
+
+    prompts: str = ""
+    mode: str = "und"  # und | e2e | gen-rs
+    prompts_per_step: int = 4
+    group_size: int = 4  # images per prompt; the global batch is prompts_per_step x group_size
+    threshold: float | None = None  # gen-rs only (required there): keep images with reward >= threshold
+    rewards: list[str] = field(default_factory=lambda: ["self-qa"])  # gen-rs only
+    reward_options: dict = field(default_factory=dict)
+    gumbel_tau: float = 1.0  # e2e: Gumbel-softmax temperature
+    und_weight: float = 1.0  # e2e: weight of the answer NLL
+    gen_weight: float = 0.0  # e2e: weight of the conditional NLL of the sampled image tokens (0: off)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    run: RunConfig = field(default_factory=lambda: RunConfig(out="runs/sft"))
+
+
+def check_sft(cfg: SFTConfig, world: int = 1) -> None:
+    """Every invalid setting fails here, before a model is loaded or an image drawn."""
+    if not cfg.prompts:
+        raise InputError("sft: prompts is empty; give a `unirl prompts` file (prompts=FILE)")
+    if cfg.mode not in SFT_MODES:
+        raise InputError(f"mode: {cfg.mode!r} is not one of {', '.join(SFT_MODES)}")
+    if cfg.group_size < 1:
+        raise InputError(f"group_size: must be at least 1, got {cfg.group_size}")
+    if cfg.prompts_per_step < 1:
+        raise InputError(f"prompts_per_step: must be at least 1, got {cfg.prompts_per_step}")
+    if cfg.prompts_per_step % world:
+        raise InputError(f"prompts_per_step ({cfg.prompts_per_step}) must divide by the {world} processes")
+    if cfg.mode == "gen-rs" and cfg.threshold is None:
+        raise InputError("threshold: mode gen-rs keeps images whose reward >= threshold; give one (threshold=1.0)")
+    if cfg.mode != "gen-rs" and cfg.threshold is not None:
+        raise InputError(f"threshold: only mode gen-rs filters images; mode {cfg.mode} trains on all of them "
+                         "(drop threshold or set mode=gen-rs)")
+    if cfg.mode == "gen-rs" and not cfg.rewards:
+        raise InputError("rewards: mode gen-rs needs at least one reward to filter images by")
+    if cfg.gumbel_tau <= 0:
+        raise InputError(f"gumbel_tau: must be > 0, got {cfg.gumbel_tau}")
+    if cfg.und_weight < 0 or cfg.gen_weight < 0:
+        raise InputError(f"und_weight and gen_weight must be >= 0, got {cfg.und_weight}, {cfg.gen_weight}")
+    if cfg.mode != "e2e" and (cfg.und_weight != 1.0 or cfg.gen_weight != 0.0):
+        raise InputError(f"und_weight / gen_weight: only mode e2e combines two losses; mode {cfg.mode} has one "
+                         "(leave them at 1.0 / 0.0)")
+    if cfg.mode == "e2e" and cfg.und_weight == 0 and cfg.gen_weight == 0:
+        raise InputError("e2e: und_weight and gen_weight are both 0; nothing to train")
+    check_common(cfg.optim, cfg.run)

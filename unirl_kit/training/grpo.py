@@ -1,0 +1,242 @@
+"""`unirl train grpo`: UniRL's GRPO, one function per step of the algorithm (docs/grpo.md):
+
+1. `sample_prompts`     - this step's prompts, drawn from the prompt file by (seed, step);
+2. `generate_groups`    - `group_size` images per prompt with the current policy's fast sampler;
+3. `score_groups`       - the configured rewards (and, for the `und` target, sampled answers graded);
+4. `compute_advantages` - group-relative, over the global batch (whole groups, gathered over ranks);
+5. `policy_update`      - `num_iterations` passes of the clipped policy-gradient loss (+ k3 KL).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from unirl_kit.backbones.base import GenerationBatch, image_seed
+from unirl_kit.prompts.answers import grade_answer
+from unirl_kit.prompts.qa import question_answer
+from unirl_kit.rewards.base import Sample
+from unirl_kit.training.common import Policy, TrainingError, gather_floats, learning_rate, optimizer_step
+from unirl_kit.training.config import GRPOConfig
+from unirl_kit.training.grpo_math import group_advantages, policy_loss
+from unirl_kit.types import PromptSpec
+
+
+@dataclasses.dataclass
+class Rollout:
+    """One rank's share of a step: its prompts, their images, rewards and (und target) answers."""
+
+    specs: list[PromptSpec]
+    offset: int  # index of this rank's first prompt in the global batch
+    batch: GenerationBatch
+    rewards: torch.Tensor  # [N] weighted total of the configured rewards
+    records: list[dict[str, Any]]
+    questions: list[str] = dataclasses.field(default_factory=list)
+    answers: list[str] = dataclasses.field(default_factory=list)
+    und_rewards: torch.Tensor | None = None
+
+
+def sample_prompts(pool: list[PromptSpec], step: int, cfg: GRPOConfig, rank: int, world: int
+                   ) -> tuple[list[PromptSpec], int]:
+    """(this rank's prompts, offset): `prompts_per_step` drawn by (seed, step), split in whole groups."""
+    rng = np.random.default_rng([cfg.run.seed, 7, step])
+    n = cfg.prompts_per_step
+    picks = rng.choice(len(pool), size=n, replace=len(pool) < n)
+    per = n // world
+    mine = picks[rank * per: (rank + 1) * per]
+    return [pool[int(i)] for i in mine], rank * per
+
+
+def generate_groups(policy: Policy, specs: list[PromptSpec], offset: int, step: int, cfg: GRPOConfig) -> GenerationBatch:
+    """Image k of global prompt p at step s is drawn from seed (run.seed, s, p, k): rank layout never matters."""
+    base = image_seed(cfg.run.seed, step, 1 << 20)
+    seeds = [[image_seed(base, offset + p, k) for k in range(cfg.group_size)] for p in range(len(specs))]
+    s = cfg.sampling
+    with torch.no_grad(), policy.autocast():
+        return policy.backbone.generate([sp.prompt for sp in specs], group_size=cfg.group_size, seeds=seeds,
+                                        cfg_scale=s.cfg_scale, temperature=s.temperature, top_k=s.top_k, top_p=s.top_p)
+
+
+def score_groups(policy: Policy, reward, specs: list[PromptSpec], offset: int, batch: GenerationBatch, step: int,
+                 cfg: GRPOConfig) -> Rollout:
+    k = cfg.group_size
+    samples = [Sample(specs[i // k], batch.images[i], batch.tokens[i], offset + i // k, i % k)
+               for i in range(len(batch))]
+    rollout = Rollout(specs, offset, batch, torch.zeros(len(batch)), [{} for _ in samples])
+    if cfg.target in ("gen", "joint"):
+        was_training = policy.model.training
+        policy.model.eval()
+        try:
+            with torch.no_grad(), policy.autocast():
+                totals, rollout.records = reward(samples)
+        finally:
+            policy.model.train(was_training)
+        rollout.rewards = torch.tensor(totals, dtype=torch.float32)
+    if cfg.target in ("und", "joint"):
+        rollout.questions = [question_answer(s.spec)[0] for s in samples]
+        seed = image_seed(cfg.run.seed, step, (1 << 21) + offset)
+        with torch.no_grad(), policy.autocast():
+            rollout.answers = policy.backbone.answer(batch.images, rollout.questions, cfg.und_max_new_tokens,
+                                                     greedy=False, seed=seed, temperature=cfg.und_temperature)
+        rollout.und_rewards = torch.tensor([grade_answer(s.spec, a).score for s, a in
+                                            zip(samples, rollout.answers, strict=True)], dtype=torch.float32)
+    return rollout
+
+
+def compute_advantages(rewards: torch.Tensor, cfg: GRPOConfig, rank: int, world: int
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(this rank's advantages, its zero-std flags, all ranks' rewards): computed on the gathered batch,
+    so 1 process and N processes see the same numbers."""
+    everything = gather_floats(rewards, world)
+    adv, zero = group_advantages(everything, cfg.group_size, cfg.scale_rewards)
+    per = len(rewards)
+    return adv[rank * per: (rank + 1) * per], zero[rank * per: (rank + 1) * per], everything
+
+
+def _micro_slices(n: int, size: int) -> list[slice]:
+    return [slice(i, min(i + size, n)) for i in range(0, n, size)]
+
+
+def _gen_terms(policy: Policy, rollout: Rollout, rows: slice, cfg: GRPOConfig):
+    k = cfg.group_size
+    prompts = [rollout.specs[i // k].prompt for i in range(rows.start, rows.stop)]
+    tokens = rollout.batch.tokens[rows]
+    s = cfg.sampling
+    logp, entropy = policy.backbone.image_logprobs(prompts, tokens, s.cfg_scale, s.temperature, with_entropy=True)
+    return logp, torch.ones_like(logp, dtype=torch.bool), entropy
+
+
+def _und_terms(policy: Policy, rollout: Rollout, rows: slice):
+    scores = policy.backbone.answer_logprobs(rollout.batch.images[rows], rollout.questions[rows],
+                                             rollout.answers[rows])
+    return scores.logprobs, scores.mask, None
+
+
+def _reference_and_old(policy: Policy, rollout: Rollout, slices: list[slice], cfg: GRPOConfig, terms) -> dict:
+    """Per micro-batch: the old policy's log-probs (mu > 1) and the reference's (beta > 0), no grad."""
+    out: dict[str, list] = {"old": [], "ref": []}
+    for rows in slices:
+        if cfg.num_iterations > 1:
+            with torch.no_grad(), policy.autocast():
+                out["old"].append(terms(rows)[0].detach())
+        if cfg.beta > 0:
+            with policy.as_reference(), policy.autocast():
+                out["ref"].append(terms(rows)[0].detach())
+    return out
+
+
+def policy_update(policy: Policy, optimizer, rollout: Rollout, advantages: dict[str, torch.Tensor], step: int,
+                  cfg: GRPOConfig, world: int) -> dict[str, float]:
+    """`num_iterations` optimizer steps on this batch; per target its own advantages and loss."""
+    n = len(rollout.batch)
+    slices = _micro_slices(n, cfg.optim.micro_batch)
+    targets = {"gen": ["gen"], "und": ["und"], "joint": ["gen", "und"]}[cfg.target]
+    weights = {"gen": cfg.gen_weight if cfg.target == "joint" else 1.0,
+               "und": cfg.und_weight if cfg.target == "joint" else 1.0}
+    terms = {"gen": lambda rows: _gen_terms(policy, rollout, rows, cfg), "und": lambda rows: _und_terms(policy, rollout, rows)}
+    fixed = {t: _reference_and_old(policy, rollout, slices, cfg, terms[t]) for t in targets}
+    lr = learning_rate(step, cfg.run.steps, cfg.optim)
+    stats: dict[str, list[float]] = {}
+    dapo_items = {t: _global_tokens(policy, rollout, t, cfg, world) / world for t in targets} \
+        if cfg.loss_type == "dapo" else {}
+    for _ in range(cfg.num_iterations):
+        for t in targets:
+            total_rows = n
+            for m, rows in enumerate(slices):
+                with policy.autocast():
+                    logp, mask, entropy = terms[t](rows)
+                old = fixed[t]["old"][m] if cfg.num_iterations > 1 else logp.detach()
+                ref = fixed[t]["ref"][m] if cfg.beta > 0 else None
+                num_items = dapo_items.get(t)  # dapo: global-batch tokens / world (gradients are averaged over ranks)
+                loss, st = policy_loss(logp.float(), old.float(), advantages[t][rows], mask, epsilon=cfg.epsilon,
+                                       epsilon_high=cfg.epsilon_high, beta=cfg.beta,
+                                       ref_logp=None if ref is None else ref.float(), loss_type=cfg.loss_type,
+                                       num_items=num_items)
+                share = 1.0 if cfg.loss_type == "dapo" else (rows.stop - rows.start) / total_rows
+                if cfg.loss_type == "bnpo":
+                    share = float(mask.sum()) / float(_count_tokens(policy, rollout, t, cfg))
+                scaled = loss * share * weights[t]
+                if not torch.isfinite(scaled):
+                    raise TrainingError(f"step {step + 1}: {t} loss is {float(loss.detach())} (micro-batch {m}); training "
+                                        f"stopped; the last good checkpoint is under {cfg.run.out}/checkpoints")
+                scaled.backward()
+                _add(stats, f"loss/{t}", float(loss.detach()) * share)
+                for key, value in st.items():
+                    _add(stats, f"{key}/{t}", float(value) * (rows.stop - rows.start) / total_rows)
+                if entropy is not None:
+                    _add(stats, f"entropy/{t}", float(entropy.mean()) * (rows.stop - rows.start) / total_rows)
+        norm = optimizer_step(policy, optimizer, lr, cfg.optim, world)
+        _add(stats, "grad_norm", norm / cfg.num_iterations)
+    out = {k: v for k, v in stats.items()}
+    out["lr"] = lr
+    return out
+
+
+def _count_tokens(policy: Policy, rollout: Rollout, target: str, cfg: GRPOConfig) -> int:
+    if target == "gen":
+        return rollout.batch.tokens.numel()
+    tok = policy.backbone.processor.tokenizer
+    return sum(len(tok(a, add_special_tokens=False).input_ids) + 1 for a in rollout.answers)
+
+
+def _global_tokens(policy: Policy, rollout: Rollout, target: str, cfg: GRPOConfig, world: int) -> float:
+    local = torch.tensor([float(_count_tokens(policy, rollout, target, cfg))])
+    return float(gather_floats(local, world).sum())
+
+
+def _add(stats: dict, key: str, value: float) -> None:
+    stats[key] = stats.get(key, 0.0) + value
+
+
+def step_metrics(step: int, rollout: Rollout, all_rewards: torch.Tensor, zero: dict[str, torch.Tensor],
+                 update: dict[str, float], times: dict[str, float], names: list[str], cfg: GRPOConfig) -> dict:
+    """One metrics.jsonl row: rewards per reward, zero-std share, KL, clipping, entropy, grad norm, lr, times."""
+    row: dict[str, Any] = {"step": step + 1}
+    if cfg.target in ("gen", "joint"):
+        row["reward/mean"] = float(all_rewards.mean())
+        row["reward/std"] = float(all_rewards.std()) if len(all_rewards) > 1 else 0.0
+        for name in names:  # this rank's rows; rank 0 logs
+            vals = torch.tensor([r["rewards"][name] for r in rollout.records])
+            row[f"reward/{name}/mean"] = float(vals.mean())
+            row[f"reward/{name}/std"] = float(vals.std()) if len(vals) > 1 else 0.0
+    if rollout.und_rewards is not None:
+        row["und_reward/mean"] = float(rollout.und_rewards.mean())
+    for t, flags in zero.items():
+        row[f"zero_std_share/{t}"] = float(flags.float().mean())
+    row.update({k: round(v, 8) for k, v in update.items()})
+    row.update({f"time/{k}": round(v, 3) for k, v in times.items()})
+    total = sum(times.values())
+    row["images_per_s"] = round(len(rollout.batch) / total, 3) if total > 0 else 0.0
+    return row
+
+
+def train_step(policy: Policy, optimizer, reward, pool: list[PromptSpec], step: int, cfg: GRPOConfig,
+               rank: int, world: int) -> dict[str, Any]:
+    """Steps 1-5 for one training step; returns its metrics row."""
+    times = {}
+    t0 = time.perf_counter()
+    specs, offset = sample_prompts(pool, step, cfg, rank, world)
+    batch = generate_groups(policy, specs, offset, step, cfg)
+    times["generate"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    rollout = score_groups(policy, reward, specs, offset, batch, step, cfg)
+    times["score"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    advantages, zero = {}, {}
+    all_rewards = gather_floats(rollout.rewards, world)
+    if cfg.target in ("gen", "joint"):
+        advantages["gen"], zero["gen"], all_rewards = compute_advantages(rollout.rewards, cfg, rank, world)
+    if rollout.und_rewards is not None:
+        advantages["und"], zero["und"], _ = compute_advantages(rollout.und_rewards, cfg, rank, world)
+    update = policy_update(policy, optimizer, rollout, advantages, step, cfg, world)
+    times["update"] = time.perf_counter() - t0
+    return step_metrics(step, rollout, all_rewards, zero, update, times, getattr(reward, "names", []), cfg)
+
+
+def run_dir(cfg: GRPOConfig) -> Path:
+    return Path(cfg.run.out)

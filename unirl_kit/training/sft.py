@@ -1,0 +1,207 @@
+"""`unirl train sft`: UniRL's supervised fine-tuning on the model's own images, one function per step:
+
+1. `sample_prompts`  - GRPO's: this step's prompts, drawn by (seed, step), whole groups per rank;
+2. `generate_groups` - GRPO's: `group_size` images per prompt with the current policy, no gradient;
+3. `select_targets`  - what to learn from them: und / e2e every image with its prompt's question and
+                       ground-truth answer; gen-rs the images whose reward reaches `threshold`;
+4. `sft_update`      - one optimizer step on the step's loss (none when gen-rs kept nothing).
+
+Losses are token means over the global batch (all ranks' kept rows), so neither `optim.micro_batch`
+nor the number of processes changes them:
+- und: NLL of the answer tokens (+ EOS) given the generated image (the PIL image, uint8) and the
+  question. No gradient reaches generation: the image is data.
+- e2e: the same NLL on an image decoded from y = onehot(sampled) + soft - soft.detach() with
+  soft = softmax((logits + g) / gumbel_tau) (straight-through Gumbel-softmax). `logits` are the
+  teacher-forced *conditional* generation logits of the sampled tokens: no CFG in the training
+  forward (CFG is how sampling sharpened them; its unconditional rows would double the forward and
+  make the relaxation depend on cfg_scale). g is Gumbel noise seeded by (run.seed, step, image).
+  Forward values are the sampled image's (pixels clamped as for the PIL image, not rounded to
+  uint8); the backward reaches the generation head and the language model through soft.
+  With gen_weight > 0 the conditional NLL of the sampled tokens is added (off by default).
+- gen-rs: rejection sampling: NLL of the kept images' tokens given the prompt, conditional only
+  (cfg 1, temperature 1), as pre-training trains it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from unirl_kit.backbones.base import GenerationBatch, image_seed
+from unirl_kit.rewards.base import Sample
+from unirl_kit.rewards.self_qa import question_and_truth
+from unirl_kit.training.common import Policy, TrainingError, gather_floats, learning_rate, optimizer_step
+from unirl_kit.training.config import SFTConfig
+from unirl_kit.training.grpo import generate_groups, sample_prompts
+from unirl_kit.types import PromptSpec
+
+
+@dataclasses.dataclass
+class SFTBatch:
+    """One rank's share of a step: prompts, images, the rows trained on, and their targets."""
+
+    specs: list[PromptSpec]
+    offset: int  # global index of this rank's first prompt
+    batch: GenerationBatch
+    group_size: int
+    keep: list[int]  # rows trained on
+    questions: list[str] = dataclasses.field(default_factory=list)  # per row (und / e2e)
+    answers: list[str] = dataclasses.field(default_factory=list)
+    rewards: torch.Tensor | None = None  # [N] (gen-rs)
+    records: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+
+    def prompt(self, row: int) -> str:
+        return self.specs[row // self.group_size].prompt
+
+
+def select_targets(policy: Policy, reward, specs: list[PromptSpec], offset: int, batch: GenerationBatch,
+                   cfg: SFTConfig) -> SFTBatch:
+    """und / e2e: every row, with the spec's question and answer (UniRL's templates where the prompt
+    file has none); gen-rs: the rows whose weighted reward >= threshold."""
+    k = cfg.group_size
+    data = SFTBatch(specs, offset, batch, k, list(range(len(batch))))
+    if cfg.mode in ("und", "e2e"):
+        qa = [question_and_truth(specs[i // k]) for i in range(len(batch))]
+        data.questions, data.answers = [q for q, _ in qa], [a for _, a in qa]
+        return data
+    samples = [Sample(specs[i // k], batch.images[i], batch.tokens[i], offset + i // k, i % k)
+               for i in range(len(batch))]
+    was_training = policy.model.training
+    policy.model.eval()
+    try:
+        with torch.no_grad(), policy.autocast():
+            totals, data.records = reward(samples)
+    finally:
+        policy.model.train(was_training)
+    data.rewards = torch.tensor(totals, dtype=torch.float32)
+    data.keep = [i for i, r in enumerate(totals) if r >= cfg.threshold]
+    return data
+
+
+def gumbel_noise(shape: tuple[int, ...], seed: int) -> torch.Tensor:
+    """Standard Gumbel noise from its own CPU generator: the same on every device and batch layout."""
+    gen = torch.Generator().manual_seed(seed)
+    u = torch.rand(shape, generator=gen, dtype=torch.float64).clamp(1e-12, 1 - 1e-12)
+    return (-torch.log(-torch.log(u))).float()
+
+
+def _noise_seed(data: SFTBatch, row: int, step: int, cfg: SFTConfig) -> int:
+    base = image_seed(cfg.run.seed, step, 1 << 22)
+    return image_seed(base, data.offset + row // data.group_size, row % data.group_size)
+
+
+def relaxed_tokens(logits: torch.Tensor, tokens: torch.Tensor, noise: torch.Tensor, tau: float) -> torch.Tensor:
+    """Straight-through Gumbel-softmax: one-hot of `tokens` forward, d softmax((logits + noise) / tau) backward."""
+    soft = torch.softmax((logits.float() + noise) / tau, dim=-1)
+    hard = F.one_hot(tokens, logits.shape[-1]).to(soft.dtype)
+    return hard + soft - soft.detach()
+
+
+def micro_terms(policy: Policy, data: SFTBatch, rows: list[int], step: int, cfg: SFTConfig
+                ) -> dict[str, torch.Tensor]:
+    """Summed NLLs of `rows` (differentiable): {'und': answer tokens, 'gen': image tokens}, per mode."""
+    b = policy.backbone
+    if cfg.mode == "und":
+        scores = b.answer_logprobs([data.batch.images[i] for i in rows], [data.questions[i] for i in rows],
+                                   [data.answers[i] for i in rows])
+        return {"und": -(scores.logprobs * scores.mask).sum()}
+    prompts = [data.prompt(i) for i in rows]
+    tokens = data.batch.tokens[rows].to(b.device)
+    if cfg.mode == "gen-rs":
+        return {"gen": -b.image_logprobs(prompts, tokens, cfg_scale=1.0, temperature=1.0).sum()}
+    logits = b.generation_logits(prompts, tokens).float()
+    noise = torch.stack([gumbel_noise(tuple(logits.shape[1:]), _noise_seed(data, i, step, cfg)) for i in rows])
+    pixels = b.decode_soft(relaxed_tokens(logits, tokens, noise.to(logits.device), cfg.gumbel_tau))
+    scores = b.answer_logprobs_from_pixels(pixels, [data.questions[i] for i in rows], [data.answers[i] for i in rows])
+    out = {"und": -(scores.logprobs * scores.mask).sum()}
+    if cfg.gen_weight > 0:
+        out["gen"] = -logits.log_softmax(-1).gather(-1, tokens[..., None]).sum()
+    return out
+
+
+def loss_weights(cfg: SFTConfig) -> dict[str, float]:
+    if cfg.mode == "e2e":
+        return {t: w for t, w in (("und", cfg.und_weight), ("gen", cfg.gen_weight)) if w > 0}
+    return {"und": 1.0} if cfg.mode == "und" else {"gen": 1.0}
+
+
+def token_counts(policy: Policy, data: SFTBatch, terms: list[str], world: int) -> dict[str, float]:
+    """Global number of target tokens per term (the loss denominators), known before any backward."""
+    tok = policy.backbone.processor.tokenizer
+    local = {"und": sum(len(tok(data.answers[i], add_special_tokens=False).input_ids) + 1 for i in data.keep)
+             if "und" in terms else 0,
+             "gen": len(data.keep) * data.batch.tokens.shape[1]}
+    return {t: float(gather_floats(torch.tensor([float(local[t])]), world).sum()) for t in terms}
+
+
+def sft_update(policy: Policy, optimizer, data: SFTBatch, step: int, cfg: SFTConfig, world: int) -> dict[str, float]:
+    """One optimizer step on sum_t weight_t * NLL_t / tokens_t over the kept rows; no step when no
+    rank kept a row (gen-rs), so the weights and optimizer state stay as they were."""
+    lr = learning_rate(step, cfg.run.steps, cfg.optim)
+    kept = float(gather_floats(torch.tensor([float(len(data.keep))]), world).sum())
+    out: dict[str, float] = {"lr": lr}
+    if kept == 0:
+        return out
+    weights = loss_weights(cfg)
+    counts = token_counts(policy, data, list(weights), world)
+    local = dict.fromkeys(weights, 0.0)
+    size = cfg.optim.micro_batch
+    for m, start in enumerate(range(0, len(data.keep), size)):
+        rows = data.keep[start: start + size]
+        with policy.autocast():
+            terms = micro_terms(policy, data, rows, step, cfg)
+        # gradients are averaged over ranks, so each rank's share of the global mean is scaled by world
+        loss = sum(weights[t] * terms[t].float() / max(counts[t], 1.0) for t in weights) * world
+        if not torch.isfinite(loss):
+            raise TrainingError(f"step {step + 1}: loss is {float(loss)} (micro-batch {m}); training stopped; the "
+                                f"last good checkpoint is under {cfg.run.out}/checkpoints")
+        loss.backward()
+        for t in weights:
+            local[t] += float(terms[t]) / max(counts[t], 1.0)
+    out["grad_norm"] = optimizer_step(policy, optimizer, lr, cfg.optim, world)
+    parts = gather_floats(torch.tensor([local[t] for t in weights]), world).view(world, -1).sum(0)
+    for t, value in zip(weights, parts.tolist(), strict=True):
+        out[f"loss/{t}"] = value
+    out["loss/sft"] = sum(weights[t] * out[f"loss/{t}"] for t in weights)
+    return out
+
+
+def step_metrics(step: int, data: SFTBatch, update: dict[str, float], times: dict[str, float], names: list[str],
+                 cfg: SFTConfig, world: int) -> dict[str, Any]:
+    """One metrics.jsonl row: losses, kept images (count and share), rewards (gen-rs), grad norm, lr, times."""
+    row: dict[str, Any] = {"step": step + 1}
+    counts = gather_floats(torch.tensor([float(len(data.keep)), float(len(data.batch))]), world).view(world, 2).sum(0)
+    row["kept"] = int(counts[0])
+    row["kept_share"] = round(float(counts[0] / counts[1]), 6) if counts[1] > 0 else 0.0
+    if data.rewards is not None:
+        everything = gather_floats(data.rewards, world)
+        row["reward/mean"] = float(everything.mean())
+        row["reward/std"] = float(everything.std()) if len(everything) > 1 else 0.0
+        for name in names:  # this rank's rows; rank 0 logs
+            row[f"reward/{name}/mean"] = float(torch.tensor([r["rewards"][name] for r in data.records]).mean())
+    row.update({k: round(v, 8) for k, v in update.items()})
+    row.update({f"time/{k}": round(v, 3) for k, v in times.items()})
+    total = sum(times.values())
+    row["images_per_s"] = round(len(data.batch) / total, 3) if total > 0 else 0.0
+    return row
+
+
+def train_step(policy: Policy, optimizer, reward, pool: list[PromptSpec], step: int, cfg: SFTConfig,
+               rank: int, world: int) -> dict[str, Any]:
+    """Steps 1-4 for one training step; returns its metrics row."""
+    times = {}
+    t0 = time.perf_counter()
+    specs, offset = sample_prompts(pool, step, cfg, rank, world)  # type: ignore[arg-type]  # same field names
+    batch = generate_groups(policy, specs, offset, step, cfg)  # type: ignore[arg-type]
+    times["generate"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    data = select_targets(policy, reward, specs, offset, batch, cfg)
+    times["score"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    update = sft_update(policy, optimizer, data, step, cfg, world)
+    times["update"] = time.perf_counter() - t0
+    return step_metrics(step, data, update, times, getattr(reward, "names", []), cfg, world)

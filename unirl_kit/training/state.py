@@ -1,0 +1,57 @@
+"""Trainer checkpoints: weights (full model or LoRA adapter) in safetensors, optimizer, RNG and step
+beside them, written atomically (see unirl_kit.checkpoint), so `--resume` continues exactly."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+
+from unirl_kit.checkpoint import latest_checkpoint, save_checkpoint
+from unirl_kit.types import InputError
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_train_state(root: Path, step: int, weights: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer,
+                     extra: dict[str, Any], keep: int) -> Path:
+    """root/step-N/{model.safetensors, state.pt}; `weights` are what training changes."""
+    state = {"optimizer": optimizer.state_dict(), "rng": rng_state(), "weight_keys": sorted(weights), **extra}
+    return save_checkpoint(root, step, weights, state, keep=keep)
+
+
+def load_train_state(root: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any] | None:
+    """Restore the latest checkpoint under `root` into model/optimizer/RNG; None when there is none."""
+    ckpt = latest_checkpoint(root)
+    if ckpt is None:
+        return None
+    weights = load_file(ckpt / "model.safetensors")
+    params = dict(model.named_parameters())
+    unknown = [k for k in weights if k not in params]
+    if unknown:
+        raise InputError(f"{ckpt}: weights {unknown[:3]} are not in this model; was it written by another "
+                         "config (lora.enabled, backbone)? use a new run.out")
+    with torch.no_grad():
+        for k, v in weights.items():
+            params[k].copy_(v.to(params[k].device, params[k].dtype))
+    state = torch.load(ckpt / "state.pt", weights_only=False)
+    optimizer.load_state_dict(state["optimizer"])
+    set_rng_state(state["rng"])
+    return state
