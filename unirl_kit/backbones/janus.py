@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import ClassVar
 
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from unirl_kit.backbones.base import (
@@ -29,6 +30,7 @@ from unirl_kit.backbones.janus_sampler import (
     SpecialIds,
     sample_answer_tokens,
     sample_image_tokens,
+    teacher_forced_logits,
     teacher_forced_logprobs,
 )
 from unirl_kit.backbones.loading import check_model_dir, is_hub_id, resolve_device, resolve_dtype
@@ -134,23 +136,57 @@ class JanusBackbone:
 
     def image_logprobs(self, prompts: Sequence[str], tokens: torch.Tensor, cfg_scale: float = 5.0,
                        temperature: float = 1.0, with_entropy: bool = False):
+        rows = self._token_rows(prompts, tokens)
+        return teacher_forced_logprobs(self.model, rows, tokens, self.special, cfg_scale, temperature, with_entropy)
+
+    def _token_rows(self, prompts: Sequence[str], tokens: torch.Tensor) -> list[list[int]]:
+        """One prompt-id row per token row (a prompt per row, or per group of rows, prompt-major)."""
         if not prompts or tokens.shape[0] % len(prompts):
             raise ValueError(f"{tokens.shape[0]} token rows for {len(prompts)} prompts: give one prompt per row "
                              "or per group (rows prompt-major, as generate returns them)")
         group = tokens.shape[0] // len(prompts)
-        rows = [row for row in self.prompt_ids(prompts) for _ in range(group)]
-        return teacher_forced_logprobs(self.model, rows, tokens, self.special, cfg_scale, temperature, with_entropy)
+        return [row for row in self.prompt_ids(prompts) for _ in range(group)]
+
+    def generation_logits(self, prompts: Sequence[str], tokens: torch.Tensor) -> torch.Tensor:
+        """[N, T, V] conditional generation logits for `tokens` fed back (no CFG), differentiable:
+        what end-to-end SFT relaxes with a Gumbel-softmax."""
+        return teacher_forced_logits(self.model, self._token_rows(prompts, tokens), tokens, self.special, 1.0)[0]
+
+    def decode_soft(self, weights: torch.Tensor) -> torch.Tensor:
+        """Pixels [N, 3, H, W] in [-1, 1] from codebook weights [N, T, V], differentiable in `weights`.
+
+        `decode` looks each code up and L2-normalises it; here the rows of the normalised codebook are
+        mixed by `weights`, so one-hot weights give exactly `decode_image_tokens`' codes."""
+        vq = self.model.model.vqmodel
+        codebook = F.normalize(vq.quantize.embedding.weight, p=2, dim=-1)
+        side = vq.quantize.quant_state_dims
+        codes = (weights.to(codebook.dtype) @ codebook).view(weights.shape[0], *side, -1).permute(0, 3, 1, 2)
+        return vq.decoder(vq.post_quant_conv(codes.contiguous()))
 
     # ---- understanding ---------------------------------------------------------------------------
+    def _question_texts(self, questions: Sequence[str]) -> list[str]:
+        image_tok = self.processor.image_token
+        return [self._chat([{"type": "image"}, {"type": "text", "text": q}]) if self.use_chat else f"{image_tok}{q}"
+                for q in questions]
+
     def _understanding_inputs(self, images: Sequence[Image.Image], questions: Sequence[str]):
         if len(images) != len(questions):
             raise ValueError(f"{len(images)} images for {len(questions)} questions; pass one of each per row")
-        image_tok = self.processor.image_token
-        texts = [self._chat([{"type": "image"}, {"type": "text", "text": q}]) if self.use_chat else f"{image_tok}{q}"
-                 for q in questions]
-        enc = self.processor(text=texts, images=[im.convert("RGB") for im in images], padding=True,
-                             return_tensors="pt")
+        enc = self.processor(text=self._question_texts(questions), images=[im.convert("RGB") for im in images],
+                             padding=True, return_tensors="pt")
         return enc.to(self.device), enc.pixel_values.to(self.device, self.dtype)
+
+    def _vision_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Decoder pixels [N, 3, H, W] in [-1, 1] -> the vision tower's input, differentiably: clamped as
+        `to_pil` clamps (no uint8 rounding), resized to its size, normalised with the processor's mean/std."""
+        proc = self.processor.image_processor
+        side = int(self.model.config.vision_config.image_size)
+        x = (pixels.float().clamp(-1, 1) + 1) / 2
+        if tuple(x.shape[-2:]) != (side, side):
+            x = F.interpolate(x, size=(side, side), mode="bicubic", align_corners=False, antialias=True)
+        mean = torch.tensor(proc.image_mean, device=x.device).view(1, -1, 1, 1)
+        std = torch.tensor(proc.image_std, device=x.device).view(1, -1, 1, 1)
+        return ((x - mean) / std).to(self.dtype)
 
     def answer(self, images: Sequence[Image.Image], questions: Sequence[str], max_new_tokens: int = 32,
                greedy: bool = True, seed: int = 0, temperature: float = 1.0) -> list[str]:
@@ -170,17 +206,33 @@ class JanusBackbone:
         if len(answers) != len(questions):
             raise ValueError(f"{len(answers)} answers for {len(questions)} questions")
         enc, pixels = self._understanding_inputs(images, questions)
+        return self._score_answers(enc.input_ids, enc.attention_mask, pixels, answers)
+
+    def answer_logprobs_from_pixels(self, pixels: torch.Tensor, questions: Sequence[str],
+                                    answers: Sequence[str]) -> AnswerScores:
+        """`answer_logprobs` on decoder pixels [N, 3, H, W] in [-1, 1] (e.g. `decode_soft`'s), differentiable
+        in them: the end-to-end path from the understanding loss back to image generation."""
+        if not len(pixels) == len(questions) == len(answers):
+            raise ValueError(f"{len(pixels)} images, {len(questions)} questions, {len(answers)} answers")
+        one = self.processor.replace_image_token({}, 0)  # what the processor expands each image token to
+        texts = [t.replace(self.processor.image_token, one) for t in self._question_texts(questions)]
+        enc = self.processor.tokenizer(texts, padding=True, padding_side="left", return_tensors="pt")
+        return self._score_answers(enc.input_ids.to(self.device), enc.attention_mask.to(self.device),
+                                   self._vision_pixels(pixels), answers)
+
+    def _score_answers(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, pixels: torch.Tensor,
+                       answers: Sequence[str]) -> AnswerScores:
         tok = self.processor.tokenizer
         targets = [tok(a, add_special_tokens=False).input_ids + [self.eos] for a in answers]
-        width, span = enc.input_ids.shape[1], max(len(t) for t in targets)
+        width, span = input_ids.shape[1], max(len(t) for t in targets)
         answer_ids = torch.full((len(targets), span), self.special.pad, dtype=torch.long)
         answer_mask = torch.zeros((len(targets), span), dtype=torch.bool)
         for i, t in enumerate(targets):
             answer_ids[i, : len(t)] = torch.tensor(t)
             answer_mask[i, : len(t)] = True
         answer_ids, answer_mask = answer_ids.to(self.device), answer_mask.to(self.device)
-        ids = torch.cat([enc.input_ids, answer_ids], dim=1)
-        mask = torch.cat([enc.attention_mask, answer_mask.long()], dim=1)
+        ids = torch.cat([input_ids, answer_ids], dim=1)
+        mask = torch.cat([attention_mask, answer_mask.long()], dim=1)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         hidden = self.model.model(input_ids=ids, attention_mask=mask, position_ids=positions, pixel_values=pixels,
                                   use_cache=False).last_hidden_state[:, width - 1: width - 1 + span]

@@ -159,11 +159,10 @@ def sample_image_tokens(model, prompt_ids: Sequence[Sequence[int]], special: Spe
     return tokens.cpu(), logprobs.cpu()
 
 
-def teacher_forced_logprobs(model, prompt_ids: Sequence[Sequence[int]], tokens: torch.Tensor,
-                            special: SpecialIds, cfg_scale: float, temperature: float,
-                            with_entropy: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    """[N, T] log-probs of `tokens` with the rows and scores of `sample_image_tokens`, in one forward;
-    with_entropy: also the [N, T] entropy of each position's distribution (detached, for logging)."""
+def teacher_forced_logits(model, prompt_ids: Sequence[Sequence[int]], tokens: torch.Tensor,
+                          special: SpecialIds, cfg_scale: float) -> tuple[torch.Tensor, int]:
+    """(generation-head logits [R, T, V] for the rows of `sample_image_tokens`, N): one differentiable
+    forward with `tokens` fed back; rows N.. are the unconditional ones (cfg_scale != 1)."""
     device = model.device
     rows = guidance_rows(prompt_ids, special, cfg_scale, device)
     n, (r, width) = rows.n, rows.ids.shape
@@ -178,8 +177,17 @@ def teacher_forced_logprobs(model, prompt_ids: Sequence[Sequence[int]], tokens: 
     mask = None if rows.mask is None else torch.cat([rows.mask, rows.mask.new_ones(r, num_tokens - 1)], dim=1)
     hidden = model.model.language_model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions,
                                         use_cache=False).last_hidden_state[:, width - 1:]
-    logits = model.model.generation_head(hidden)
-    if r != n:
+    return model.model.generation_head(hidden), n
+
+
+def teacher_forced_logprobs(model, prompt_ids: Sequence[Sequence[int]], tokens: torch.Tensor,
+                            special: SpecialIds, cfg_scale: float, temperature: float,
+                            with_entropy: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """[N, T] log-probs of `tokens` with the rows and scores of `sample_image_tokens`, in one forward;
+    with_entropy: also the [N, T] entropy of each position's distribution (detached, for logging)."""
+    logits, n = teacher_forced_logits(model, prompt_ids, tokens, special, cfg_scale)
+    tokens = tokens.to(logits.device)
+    if logits.shape[0] != n:
         cond, uncond = logits[:n].float(), logits[n:].float()
         scores = uncond + (cond - uncond) * cfg_scale
     else:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from unirl_kit.cli import eval_cmd, generate_cmd, plugins_cmd, pretrain_cmd, prompts_cmd, score_cmd, serve_cmd, train_cmd
+from unirl_kit.cli import eval_cmd, generate_cmd, plugins_cmd, pretrain_cmd, prompts_cmd, score_cmd, serve_cmd, train_cmd, loop_cmd
 
 app = typer.Typer(
     name="unirl",
@@ -16,10 +16,12 @@ app = typer.Typer(
 prompts_cmd.register(app)
 plugins_cmd.register(app)
 pretrain_cmd.register(app)
+loop_cmd.register(app)
 generate_cmd.register(app)
 score_cmd.register(app)
 serve_cmd.register(app)
 train_cmd.register(app)
+loop_cmd.register(app)
 app.add_typer(eval_cmd.app, name="eval")
 
 

@@ -98,7 +98,7 @@ def relaxed_tokens(logits: torch.Tensor, tokens: torch.Tensor, noise: torch.Tens
     """Straight-through Gumbel-softmax: one-hot of `tokens` forward, d softmax((logits + noise) / tau) backward."""
     soft = torch.softmax((logits.float() + noise) / tau, dim=-1)
     hard = F.one_hot(tokens, logits.shape[-1]).to(soft.dtype)
-    return hard + soft - soft.detach()
+    return hard + (soft - soft.detach())  # bracketed: (hard + soft) - soft is not exactly hard in floats
 
 
 def micro_terms(policy: Policy, data: SFTBatch, rows: list[int], step: int, cfg: SFTConfig
@@ -161,7 +161,7 @@ def sft_update(policy: Policy, optimizer, data: SFTBatch, step: int, cfg: SFTCon
                                 f"last good checkpoint is under {cfg.run.out}/checkpoints")
         loss.backward()
         for t in weights:
-            local[t] += float(terms[t]) / max(counts[t], 1.0)
+            local[t] += float(terms[t].detach()) / max(counts[t], 1.0)
     out["grad_norm"] = optimizer_step(policy, optimizer, lr, cfg.optim, world)
     parts = gather_floats(torch.tensor([local[t] for t in weights]), world).view(world, -1).sum(0)
     for t, value in zip(weights, parts.tolist(), strict=True):

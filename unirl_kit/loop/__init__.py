@@ -1,0 +1,1 @@
+"""`unirl loop`: rounds of generate -> score -> train -> evaluate, and the report."""

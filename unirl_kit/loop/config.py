@@ -1,0 +1,47 @@
+"""The loop's config. Training settings live in the trainers' own configs (`grpo_config`, `sft_config`)
+plus per-loop overrides, so a loop round trains exactly as `unirl train grpo` would."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from unirl_kit.training.config import BackboneConfig, SamplingConfig
+from unirl_kit.types import InputError
+
+
+@dataclass
+class LoopConfig:
+    out: str = "runs/loop"
+    rounds: int = 1
+    seed: int = 0
+    world: str = "shapes"
+    train: str = "grpo"  # grpo | sft | both (SFT, then GRPO from its result)
+    train_prompts: str | None = None  # default: drawn here, n_train prompts, none of them an eval prompt
+    eval_prompts: str | None = None  # default: drawn here (n_eval, eval_seed)
+    n_train: int = 300
+    n_eval: int = 60
+    train_seed: int = 1
+    eval_seed: int = 1234
+    eval_group_size: int = 2
+    batch_size: int = 32  # images per sampler call when evaluating
+    detector: str = "shapes"
+    rewards: list[str] = field(default_factory=lambda: ["self-qa"])  # scored on each round's eval images
+    reward_options: dict = field(default_factory=dict)
+    understanding: list[str] = field(default_factory=lambda: ["clean", "geneval_correct", "imbalance"])
+    understanding_per_tag: int = 20
+    grpo_config: str | None = None  # a `unirl train grpo` config; None: GRPOConfig defaults (tiny-shapes)
+    grpo_overrides: list[str] = field(default_factory=list)  # e.g. ["run.steps=30", "optim.lr=2e-5"]
+    sft_config: str | None = None
+    sft_overrides: list[str] = field(default_factory=list)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    progress: bool = True
+
+
+def check_loop(cfg: LoopConfig) -> None:
+    if cfg.rounds < 0:
+        raise InputError(f"rounds: must be >= 0, got {cfg.rounds}")
+    if cfg.train not in ("grpo", "sft", "both"):
+        raise InputError(f"train: {cfg.train!r} is not one of grpo, sft, both")
+    if cfg.eval_group_size < 1 or cfg.n_eval < 1 or cfg.n_train < 1:
+        raise InputError("eval_group_size, n_eval and n_train must be >= 1")

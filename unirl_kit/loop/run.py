@@ -1,0 +1,151 @@
+"""`unirl loop`: K rounds of generate -> score -> train -> evaluate, one folder per round, then a report.
+
+Round 0 evaluates the starting model (the baseline); round r >= 1 trains from round r-1's model and
+evaluates the result. Every stage leaves `STAGE.done.json` in its round's folder when it finishes, so a
+killed loop resumes at the first unfinished stage (and each stage resumes inside itself).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from unirl_kit.config import load_config, write_run_info
+from unirl_kit.jsonl import write_atomic
+from unirl_kit.loop.config import LoopConfig, check_loop
+from unirl_kit.types import InputError
+
+
+def _done(folder: Path, stage: str) -> dict | None:
+    path = folder / f"{stage}.done.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _finish(folder: Path, stage: str, info: dict) -> dict:
+    write_atomic(folder / f"{stage}.done.json", json.dumps(info, indent=2, default=str) + "\n")
+    return info
+
+
+def make_prompts(cfg: LoopConfig, out: Path) -> tuple[Path, Path]:
+    """(train prompts, eval prompts): given files, or drawn here (train excludes every eval prompt)."""
+    from unirl_kit.prompts.cmd import PromptsConfig, run_prompts
+
+    folder = out / "prompts"
+    eval_file = Path(cfg.eval_prompts) if cfg.eval_prompts else folder / "eval.jsonl"
+    train_file = Path(cfg.train_prompts) if cfg.train_prompts else folder / "train.jsonl"
+    if not cfg.eval_prompts and not eval_file.exists():
+        run_prompts(PromptsConfig(world=cfg.world, n=cfg.n_eval, seed=cfg.eval_seed, out=str(eval_file)))
+    if not cfg.train_prompts and not train_file.exists():
+        run_prompts(PromptsConfig(world=cfg.world, n=cfg.n_train, seed=cfg.train_seed, exclude=str(eval_file),
+                                  out=str(train_file)))
+    for path in (eval_file, train_file):
+        if not path.exists():
+            raise InputError(f"{path}: prompt file not found")
+    return train_file, eval_file
+
+
+def model_of(cfg: LoopConfig, out: Path, round_index: int) -> str | None:
+    """The weights round `round_index` starts from: the configured model, then each round's export."""
+    if round_index == 0:
+        return cfg.backbone.model
+    return str(out / f"round-{round_index:03d}" / "train" / "final")
+
+
+def backbone_for(cfg: LoopConfig, model: str | None) -> tuple[str, str | None]:
+    """A trained export is a plain Janus folder: load it with `janus` (tiny-shapes' class)."""
+    if model is not None and cfg.backbone.name == "tiny-shapes":
+        return "janus", model
+    return cfg.backbone.name, model
+
+
+def evaluate(cfg: LoopConfig, folder: Path, eval_prompts: Path, model: str | None) -> dict[str, Any]:
+    """generate (fixed seeds) -> eval geneval -> score (self-qa) -> eval understanding, each resumable."""
+    from unirl_kit.backbones.loading import load_backbone
+    from unirl_kit.eval.geneval.runner import GenevalConfig, run_geneval
+    from unirl_kit.eval.understanding.runner import UnderstandingConfig, run_understanding
+    from unirl_kit.generation.run import GenerateConfig, run_generate
+    from unirl_kit.scoring.run import ScoreConfig, run_score
+
+    name, model = backbone_for(cfg, model)
+    backbone = load_backbone(name, model, cfg.backbone.device, "auto", cfg.backbone.options)
+    samples = folder / "samples"
+    s = cfg.sampling
+    run_generate(GenerateConfig(backbone=name, model=model, prompts=str(eval_prompts), out=str(samples),
+                                group_size=cfg.eval_group_size, cfg_scale=s.cfg_scale, temperature=s.temperature,
+                                top_k=s.top_k, top_p=s.top_p, seed=cfg.eval_seed, batch_size=cfg.batch_size,
+                                progress=cfg.progress), backbone)
+    geneval = run_geneval(GenevalConfig(images_dir=str(samples), out=str(folder / "geneval"),
+                                        detector=cfg.detector, progress=cfg.progress))
+    scores = run_score(ScoreConfig(samples_dir=str(samples), out=str(folder / "scores.jsonl"), rewards=list(cfg.rewards),
+                                   reward_options=cfg.reward_options, backbone=name, model=model,
+                                   progress=cfg.progress), backbone)
+    und = run_understanding(UnderstandingConfig(
+        protocols=list(cfg.understanding), out=str(folder / "understanding"), images_dir=str(samples),
+        geneval_results=str(folder / "geneval" / "results.jsonl"), per_tag=cfg.understanding_per_tag,
+        backbone=name, model=model, seed=cfg.eval_seed, progress=cfg.progress), backbone)
+    return {"geneval": geneval, "scores": scores, "understanding": und}
+
+
+def train(cfg: LoopConfig, folder: Path, train_prompts: Path, model: str | None, round_index: int) -> dict[str, Any]:
+    """One round of training from `model`; GRPO, SFT, or SFT then GRPO (`train: both`)."""
+    from unirl_kit.training.config import GRPOConfig, SFTConfig
+
+    name, model = backbone_for(cfg, model)
+    seed = cfg.seed + round_index
+    common = [f"backbone.name={name}", f"backbone.device={cfg.backbone.device}", f"run.seed={seed}",
+              f"prompts={train_prompts}", f"run.progress={str(cfg.progress).lower()}"]
+    if model is not None:
+        common.append(f"backbone.model={model}")
+    summary: dict[str, Any] = {}
+    start = model
+    if cfg.train in ("sft", "both"):
+        from unirl_kit.training.sft_run import run_sft
+
+        out = folder / ("train" if cfg.train == "sft" else "train_sft")
+        sft = load_config(SFTConfig, Path(cfg.sft_config) if cfg.sft_config else None, {},
+                          [*common, f"run.out={out}", *cfg.sft_overrides])
+        summary["sft"] = run_sft(sft, resume=(out / "checkpoints").exists())
+        start = str(out / "final")
+    if cfg.train in ("grpo", "both"):
+        from unirl_kit.training.grpo_run import run_grpo
+
+        out = folder / "train"
+        over = [*common, f"run.out={out}", *cfg.grpo_overrides]
+        if start is not None and start != model:
+            over.append(f"backbone.model={start}")
+        grpo = load_config(GRPOConfig, Path(cfg.grpo_config) if cfg.grpo_config else None, {}, over)
+        summary["grpo"] = run_grpo(grpo, resume=(out / "checkpoints").exists())
+    return summary
+
+
+def run_loop(cfg: LoopConfig) -> dict[str, Any]:
+    check_loop(cfg)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_run_info(out, cfg, "loop")
+    train_prompts, eval_prompts = make_prompts(cfg, out)
+    t0 = time.perf_counter()
+    for r in range(cfg.rounds + 1):
+        folder = out / f"round-{r:03d}"
+        folder.mkdir(exist_ok=True)
+        if r > 0 and _done(folder, "train") is None:
+            t = time.perf_counter()
+            info = train(cfg, folder, train_prompts, model_of(cfg, out, r - 1), r)
+            _finish(folder, "train", {"seconds": round(time.perf_counter() - t, 1), **_jsonable(info)})
+        if _done(folder, "eval") is None:
+            t = time.perf_counter()
+            info = evaluate(cfg, folder, eval_prompts, model_of(cfg, out, r))
+            _finish(folder, "eval", {"seconds": round(time.perf_counter() - t, 1), "geneval": info["geneval"],
+                                     "understanding": _jsonable(info["understanding"])})
+    from unirl_kit.loop.report import write_report
+
+    report = write_report(out)
+    report["seconds_this_run"] = round(time.perf_counter() - t0, 1)
+    return report
+
+
+def _jsonable(obj: Any) -> Any:
+    return json.loads(json.dumps(obj, default=lambda o: asdict(o) if hasattr(o, "__dataclass_fields__") else str(o)))
