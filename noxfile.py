@@ -36,10 +36,9 @@ def lint(session: nox.Session) -> None:
 
 @nox.session(python=False)
 def bench(session: nox.Session) -> None:
-    """Every benchmark at a small size; each prints its measured ratios."""
+    """Every benchmark at a small size; each prints its measured ratios; one report in runs/bench/."""
     size = session.posargs[0] if session.posargs else "small"
-    for script in sorted(glob.glob(str(ROOT / "benchmarks" / "*.py"))):
-        session.run("python", script, "--size", size)
+    session.run("python", str(ROOT / "benchmarks" / "run_all.py"), "--size", size, "--out", str(ROOT / "runs" / "bench"))
 
 
 def _mmcv_wheel() -> str | None:

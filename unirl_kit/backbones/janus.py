@@ -9,6 +9,7 @@ else raw (tiny-shapes, trained without one); `chat_template=True/False` forces e
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import ClassVar
@@ -76,7 +77,14 @@ class JanusBackbone:
         cfg = self.model.config
         self.num_image_tokens = int(cfg.vision_config.num_image_tokens)
         self.codebook_size = int(cfg.vq_config.num_embeddings)
-        self.image_size = int(cfg.vq_config.num_patches) * 2 ** (len(cfg.vq_config.channel_multiplier) - 1)
+        side = math.isqrt(self.num_image_tokens)
+        quant = self.model.model.vqmodel.quantize
+        if side * side == self.num_image_tokens and list(quant.quant_state_dims) != [side, side]:
+            # transformers ties the VQ token grid to the vision patch grid (both 24x24 in Janus-Pro);
+            # tiny-shapes decouples them (16x16 VQ tokens, 8x8 vision patches): the grid follows the
+            # number of generated tokens
+            quant.quant_state_dims = [side, side]
+        self.image_size = int(quant.quant_state_dims[0]) * 2 ** (len(cfg.vq_config.channel_multiplier) - 1)
         self.max_positions = int(cfg.text_config.max_position_embeddings)
 
     @classmethod
