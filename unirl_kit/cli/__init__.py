@@ -4,7 +4,17 @@ from __future__ import annotations
 
 import typer
 
-from unirl_kit.cli import eval_cmd, generate_cmd, plugins_cmd, pretrain_cmd, prompts_cmd, score_cmd, serve_cmd, train_cmd, loop_cmd
+from unirl_kit.cli import (
+    eval_cmd,
+    generate_cmd,
+    loop_cmd,
+    plugins_cmd,
+    pretrain_cmd,
+    prompts_cmd,
+    score_cmd,
+    serve_cmd,
+    train_cmd,
+)
 
 app = typer.Typer(
     name="unirl",
