@@ -64,3 +64,25 @@ def test_loop_settings_fail_early(small_janus, tmp_path):
         run_loop(_cfg(small_janus, tmp_path / "bad", "train=ppo"))
     with pytest.raises(InputError, match="rounds"):
         run_loop(_cfg(small_janus, tmp_path / "bad2", "rounds=-1"))
+
+
+@pytest.mark.parametrize("name", ["janus_pro_1b", "janus_pro_7b"])
+def test_gpu_loop_configs_run_with_a_tiny_random_janus(small_janus, tmp_path, name):
+    """The shipped GPU configs, with overrides that swap in a tiny random Janus and tiny sizes: SFT (e2e,
+    gradient checkpointing) then GRPO (LoRA for 7B), evaluation and report, on the CPU."""
+    from unirl_kit.config import load_config
+    from unirl_kit.loop.config import LoopConfig
+    from unirl_kit.loop.run import run_loop
+
+    root = Path(__file__).resolve().parents[1]
+    cfg = load_config(LoopConfig, root / "configs" / "loop" / f"{name}.yaml", {}, [
+        f"backbone.model={small_janus}", "backbone.device=cpu", f"out={tmp_path / name}", "rounds=1", "world=shapes",
+        "n_train=6", "n_eval=2", "eval_group_size=2", "understanding=[geneval_correct,imbalance]", "progress=false",
+        f"grpo_config={root / 'configs/grpo/janus_pro_1b.yaml'}", f"sft_config={root / 'configs/sft/janus_pro_1b.yaml'}"])
+    tiny = ["run.steps=1", "prompts_per_step=2", "group_size=2", "optim.micro_batch=4", "run.tensorboard=false"]
+    cfg.grpo_overrides = [*cfg.grpo_overrides, *tiny, "sampling.cfg_scale=2.0"]
+    cfg.sft_overrides = [*cfg.sft_overrides, *tiny]
+    report = run_loop(cfg)
+    assert report["delta"] is not None
+    assert (tmp_path / name / "round-001" / "train_sft" / "final").is_dir()
+    assert (tmp_path / name / "round-001" / "train" / "final").is_dir()

@@ -95,10 +95,12 @@ def build_policy(cfg: BackboneConfig, lora: LoraConfig, keep_reference: bool) ->
     reference = None
     if keep_reference and not lora.enabled:
         reference = copy.deepcopy(model).eval().requires_grad_(False)
-    if cfg.gradient_checkpointing:
-        if not hasattr(model, "gradient_checkpointing_enable"):
+    if cfg.gradient_checkpointing:  # transformers 5.x renamed it; older ones have the first name only
+        enable = getattr(model, "activation_checkpointing_enable", None) or getattr(
+            model, "gradient_checkpointing_enable", None)
+        if enable is None:
             raise InputError(f"backbone.gradient_checkpointing: {type(model).__name__} does not support it")
-        model.gradient_checkpointing_enable()
+        enable()
     model.train()
     use_bf16 = cfg.bf16 == "true" or (cfg.bf16 == "auto" and backbone.device.type == "cuda")
     autocast = (lambda: torch.autocast(backbone.device.type, dtype=torch.bfloat16)) if use_bf16 \

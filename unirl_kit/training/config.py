@@ -79,6 +79,7 @@ class GRPOConfig:
     loss_type: str = "grpo"
     scale_rewards: str = "group"  # group | batch | none
     target: str = "gen"  # gen | und | joint
+    logprob: str = "guided"  # gen log-probs: guided (the CFG mix sampled from) | conditional (cond. branch only)
     gen_weight: float = 1.0
     und_weight: float = 1.0
     rewards: list[str] = field(default_factory=lambda: ["self-qa"])
@@ -107,6 +108,8 @@ def check_grpo(cfg: GRPOConfig, world: int = 1) -> None:
         raise InputError(f"loss_type: {cfg.loss_type!r} is not one of {', '.join(LOSS_TYPES)}")
     if cfg.target not in TARGETS:
         raise InputError(f"target: {cfg.target!r} is not one of {', '.join(TARGETS)}")
+    if cfg.logprob not in ("guided", "conditional"):
+        raise InputError(f"logprob: {cfg.logprob!r} is not one of guided, conditional")
     if cfg.scale_rewards not in ("group", "batch", "none"):
         raise InputError(f"scale_rewards: {cfg.scale_rewards!r} is not one of group, batch, none")
     if cfg.num_iterations < 1:

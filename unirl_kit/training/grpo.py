@@ -107,7 +107,8 @@ def _gen_terms(policy: Policy, rollout: Rollout, rows: slice, cfg: GRPOConfig):
     prompts = [rollout.specs[i // k].prompt for i in range(rows.start, rows.stop)]
     tokens = rollout.batch.tokens[rows]
     s = cfg.sampling
-    logp, entropy = policy.backbone.image_logprobs(prompts, tokens, s.cfg_scale, s.temperature, with_entropy=True)
+    scale = s.cfg_scale if cfg.logprob == "guided" else 1.0  # 1: the conditional rows alone
+    logp, entropy = policy.backbone.image_logprobs(prompts, tokens, scale, s.temperature, with_entropy=True)
     return logp, torch.ones_like(logp, dtype=torch.bool), entropy
 
 
