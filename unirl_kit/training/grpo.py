@@ -57,9 +57,15 @@ def generate_groups(policy: Policy, specs: list[PromptSpec], offset: int, step: 
     base = image_seed(cfg.run.seed, step, 1 << 20)
     seeds = [[image_seed(base, offset + p, k) for k in range(cfg.group_size)] for p in range(len(specs))]
     s = cfg.sampling
-    with torch.no_grad(), policy.autocast():
-        return policy.backbone.generate([sp.prompt for sp in specs], group_size=cfg.group_size, seeds=seeds,
-                                        cfg_scale=s.cfg_scale, temperature=s.temperature, top_k=s.top_k, top_p=s.top_p)
+    was_training = policy.model.training
+    policy.model.eval()  # no dropout (e.g. LoRA's) while sampling: the policy is the eval-mode model
+    try:
+        with torch.no_grad(), policy.autocast():
+            return policy.backbone.generate([sp.prompt for sp in specs], group_size=cfg.group_size, seeds=seeds,
+                                            cfg_scale=s.cfg_scale, temperature=s.temperature, top_k=s.top_k,
+                                            top_p=s.top_p)
+    finally:
+        policy.model.train(was_training)
 
 
 def score_groups(policy: Policy, reward, specs: list[PromptSpec], offset: int, batch: GenerationBatch, step: int,
