@@ -30,8 +30,8 @@ def test_tokenizer_reconstructions_pass_the_detector(tiny):
     """decode(encode(clean render)) is judged as the clean render is (the gate's property), 12 scenes."""
     from PIL import Image
 
-    from unirl_kit.eval.geneval.detectors.shapes import ShapesDetector
     from unirl_kit.eval.geneval.colors.shapes import ShapesColorClassifier
+    from unirl_kit.eval.geneval.detectors.shapes import ShapesDetector
     from unirl_kit.eval.geneval.rules import RuleOptions
     from unirl_kit.eval.geneval.runner import verdict_for
     from unirl_kit.prompts.generate import get_world, sample_prompt
