@@ -49,12 +49,6 @@ def _time(name: str, reward: Any, samples: list, batch: int, repeats: int) -> tu
     return best, scores
 
 
-def _missing(name: str) -> str | None:
-    from unirl_kit.registry import registry
-
-    return None if name in registry("rewards") else f"reward {name!r} is not registered"
-
-
 def _self_qa(samples: list, batch: int, repeats: int) -> dict:
     from unirl_kit.registry import registry
     from unirl_kit.rewards.base import build_rewards
@@ -109,30 +103,16 @@ def main() -> None:
     t0 = time.perf_counter()
     samples = _samples(max(n_qa, n_gen))
     print(f"rendered {len(samples)} samples in {time.perf_counter() - t0:.2f}s")
-
-    import torch
-
-    torch.set_num_threads(max(1, torch.get_num_threads()))
-    missing = _missing("self-qa")
-    if missing:
-        report["self-qa"] = {"skipped": missing}
-        print(f"self-qa: skipped ({missing})")
-    else:
-        row = report["self-qa"] = _self_qa(samples[:n_qa], batch, repeats)
-        print(f"self-qa (tiny-shapes, CPU, batch {batch}): {row['samples']} samples in {row['seconds']:.2f}s = "
-              f"{row['samples_per_s']:.2f} samples/s; mean score {row['mean_score']:.3f} "
-              f"(backbone load {row['backbone_load_s']:.1f}s)")
-    missing = _missing("geneval")
-    if missing:
-        report["geneval"] = {"skipped": missing}
-        print(f"geneval: skipped ({missing})")
-    else:
-        row = report["geneval"] = _geneval(samples[:n_gen], batch, repeats)
-        print(f"geneval (shapes detector, batch {batch}): in-process {row['in_process']['samples_per_s']:.0f} "
-              f"samples/s, remote via loopback server {row['remote']['samples_per_s']:.0f} samples/s; "
-              f"overhead ratio remote/in-process {row['overhead_ratio']:.2f} "
-              f"({row['overhead_ms_per_sample']:.2f} ms/sample); identical scores: {row['identical_scores']}; "
-              f"mean score {row['mean_score']:.3f}")
+    row = report["self-qa"] = _self_qa(samples[:n_qa], batch, repeats)
+    print(f"self-qa (tiny-shapes, CPU, batch {batch}): {row['samples']} samples in {row['seconds']:.2f}s = "
+          f"{row['samples_per_s']:.2f} samples/s; mean score {row['mean_score']:.3f} "
+          f"(backbone load {row['backbone_load_s']:.1f}s)")
+    row = report["geneval"] = _geneval(samples[:n_gen], batch, repeats)
+    print(f"geneval (shapes detector, batch {batch}): in-process {row['in_process']['samples_per_s']:.0f} "
+          f"samples/s, remote via loopback server {row['remote']['samples_per_s']:.0f} samples/s; "
+          f"overhead ratio remote/in-process {row['overhead_ratio']:.2f} "
+          f"({row['overhead_ms_per_sample']:.2f} ms/sample); identical scores: {row['identical_scores']}; "
+          f"mean score {row['mean_score']:.3f}")
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")
 

@@ -142,8 +142,8 @@ def test_two_processes_give_the_weights_of_one(small_janus, prompts, tmp_path):
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(small_janus, prompts, tmp_path, monkeypatch):
     import unirl_kit.training.grpo as grpo
-    from unirl_kit.training.common import TrainingError
     from unirl_kit.training.grpo_run import run_grpo
+    from unirl_kit.types import TrainingError
 
     _register()
     real = grpo.policy_loss

@@ -21,6 +21,10 @@ class InputError(ValueError):
     """Bad user input: the message is one line that names the file/field and the fix."""
 
 
+class TrainingError(RuntimeError):
+    """Training cannot go on (a NaN loss, ...); the message says what and where the last good checkpoint is."""
+
+
 @dataclass(frozen=True)
 class Requirement:
     """One `include`/`exclude` entry of a GenEval metadata line."""

@@ -17,6 +17,7 @@ OVERRIDES_ARG = typer.Argument(None, help="Overrides like key=value or a.b=value
 
 
 def fail(message: str, code: int = 2) -> None:
+    message = " ".join(str(message).split())  # one line, whatever the exception's text holds
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
     raise typer.Exit(code)
 
@@ -28,11 +29,11 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         from unirl_kit.registry import UnknownPluginError
         from unirl_kit.rewards.base import RewardError
-        from unirl_kit.types import InputError
+        from unirl_kit.types import InputError, TrainingError
 
         try:
             return fn(*args, **kwargs)
-        except (InputError, UnknownPluginError, RewardError) as exc:
+        except (InputError, UnknownPluginError, RewardError, TrainingError) as exc:
             fail(str(exc))
         except KeyboardInterrupt:
             typer.secho("interrupted: finished work is saved; rerun the same command to resume", err=True)

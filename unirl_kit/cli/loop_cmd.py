@@ -25,14 +25,9 @@ def _loop(config, overrides) -> None:
     from unirl_kit.loop.config import LoopConfig
     from unirl_kit.loop.report import print_report
     from unirl_kit.loop.run import run_loop
-    from unirl_kit.training.common import TrainingError
-    from unirl_kit.types import InputError
 
     cfg = resolve(LoopConfig, config, {}, overrides or [])
-    try:
-        report = run_loop(cfg)
-    except TrainingError as exc:
-        raise InputError(str(exc)) from None
+    report = run_loop(cfg)
     print_report(report)
     typer.echo(json.dumps({"report": str(Path(cfg.out) / "report.md"), "seconds": report.get("seconds_this_run")}))
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from unirl_kit.cli.common import CONFIG_OPTION, OVERRIDES_ARG, fail, resolve, split_positional, user_errors
+from unirl_kit.cli.common import CONFIG_OPTION, OVERRIDES_ARG, resolve, split_positional, user_errors
 
 
 def score(
@@ -31,7 +31,6 @@ def score(
 
 @user_errors
 def _score(samples_dir, reward, backbone, model, out, batch_size, config, overrides) -> None:
-    from unirl_kit.rewards.base import RewardError
     from unirl_kit.scoring.run import ScoreConfig, run_score, scores_path, summary_path
     from unirl_kit.scoring.summary import print_table
 
@@ -39,10 +38,7 @@ def _score(samples_dir, reward, backbone, model, out, batch_size, config, overri
     cfg = resolve(ScoreConfig, config, dict(
         samples_dir=samples_dir, rewards=list(reward) if reward else None, backbone=backbone, model=model,
         out=out and str(out), batch_size=batch_size), overrides)
-    try:
-        summary = run_score(cfg)
-    except RewardError as exc:  # a reward's own failure: one line, the rows before it stay
-        fail(" ".join(str(exc).split()))
+    summary = run_score(cfg)  # a reward's failure: one line (user_errors); the rows before it stay
     if summary:
         print_table(summary)
         path = scores_path(cfg)

@@ -26,16 +26,11 @@ def grpo(config: Path | None = CONFIG_OPTION, resume: bool = RESUME, overrides: 
 
 @user_errors
 def _grpo(config, resume, overrides) -> None:
-    from unirl_kit.training.common import TrainingError
     from unirl_kit.training.config import GRPOConfig
     from unirl_kit.training.grpo_run import run_grpo
-    from unirl_kit.types import InputError
 
     cfg = resolve(GRPOConfig, config, {}, overrides or [])
-    try:
-        summary = run_grpo(cfg, resume=resume)
-    except TrainingError as exc:
-        raise InputError(str(exc)) from None
+    summary = run_grpo(cfg, resume=resume)
     typer.echo(json.dumps({k: v for k, v in summary.items() if k != "last"}))
 
 
@@ -51,16 +46,11 @@ def sft(config: Path | None = CONFIG_OPTION, resume: bool = RESUME, overrides: l
 
 @user_errors
 def _sft(config, resume, overrides) -> None:
-    from unirl_kit.training.common import TrainingError
     from unirl_kit.training.config import SFTConfig
     from unirl_kit.training.sft_run import run_sft
-    from unirl_kit.types import InputError
 
     cfg = resolve(SFTConfig, config, {}, overrides or [])
-    try:
-        summary = run_sft(cfg, resume=resume)
-    except TrainingError as exc:
-        raise InputError(str(exc)) from None
+    summary = run_sft(cfg, resume=resume)
     typer.echo(json.dumps({k: v for k, v in summary.items() if k != "last"}))
 
 

@@ -82,9 +82,7 @@ def call_reward(name: str, reward: Reward, samples: Sequence[Sample]) -> RewardO
     """Run one reward on a batch; any exception becomes a RewardError naming the reward and batch."""
     try:
         out = reward(samples)
-    except RewardError:
-        raise
-    except InputError:
+    except (RewardError, InputError):
         raise
     except Exception as exc:
         where = f"{samples[0].label} .. {samples[-1].label}" if samples else "an empty batch"

@@ -19,10 +19,6 @@ from unirl_kit.training.config import BackboneConfig, LoraConfig, OptimConfig, R
 from unirl_kit.types import InputError
 
 
-class TrainingError(RuntimeError):
-    """Training cannot go on (a NaN loss, ...); the message says what and where the last good checkpoint is."""
-
-
 def init_processes() -> tuple[int, int]:
     """(rank, world) under torchrun / accelerate launch (their env vars), else (0, 1); gloo on the CPU."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -158,6 +154,27 @@ def gather_floats(values: torch.Tensor, world: int) -> torch.Tensor:
     parts = [torch.empty_like(values) for _ in range(world)]
     dist.all_gather(parts, values.contiguous())
     return torch.cat(parts)
+
+
+def reward_columns(everything: torch.Tensor, records: list[dict[str, Any]], names: list[str]) -> dict[str, float]:
+    """reward/mean and /std over the global batch, and each reward's mean/std over this rank's rows."""
+    def std(x: torch.Tensor) -> float:
+        return float(x.std()) if len(x) > 1 else 0.0
+
+    row = {"reward/mean": float(everything.mean()), "reward/std": std(everything)}
+    for name in names:  # rank 0 logs its own rows
+        vals = torch.tensor([r["rewards"][name] for r in records])
+        row[f"reward/{name}/mean"], row[f"reward/{name}/std"] = float(vals.mean()), std(vals)
+    return row
+
+
+def finish_row(row: dict[str, Any], update: dict[str, float], times: dict[str, float], images: int) -> dict[str, Any]:
+    """The columns every trainer logs last: the update's numbers, the time split, images/s."""
+    row.update({k: round(v, 8) for k, v in update.items()})
+    row.update({f"time/{k}": round(v, 3) for k, v in times.items()})
+    total = sum(times.values())
+    row["images_per_s"] = round(images / total, 3) if total > 0 else 0.0
+    return row
 
 
 class MetricsLog:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,10 +20,17 @@ from unirl_kit.backbones.base import GenerationBatch, image_seed
 from unirl_kit.prompts.answers import grade_answer
 from unirl_kit.prompts.qa import question_answer
 from unirl_kit.rewards.base import Sample
-from unirl_kit.training.common import Policy, TrainingError, gather_floats, learning_rate, optimizer_step
+from unirl_kit.training.common import (
+    Policy,
+    finish_row,
+    gather_floats,
+    learning_rate,
+    optimizer_step,
+    reward_columns,
+)
 from unirl_kit.training.config import GRPOConfig
 from unirl_kit.training.grpo_math import group_advantages, policy_loss
-from unirl_kit.types import PromptSpec
+from unirl_kit.types import PromptSpec, TrainingError
 
 
 @dataclasses.dataclass
@@ -148,52 +154,46 @@ def policy_update(policy: Policy, optimizer, rollout: Rollout, advantages: dict[
     terms = {"gen": lambda rows: _gen_terms(policy, rollout, rows, cfg), "und": lambda rows: _und_terms(policy, rollout, rows)}
     fixed = {t: _reference_and_old(policy, rollout, slices, cfg, terms[t]) for t in targets}
     lr = learning_rate(step, cfg.run.steps, cfg.optim)
-    stats: dict[str, list[float]] = {}
-    dapo_items = {t: _global_tokens(policy, rollout, t, cfg, world) / world for t in targets} \
-        if cfg.loss_type == "dapo" else {}
-    for _ in range(cfg.num_iterations):
+    stats: dict[str, float] = {}
+    tokens = {t: _count_tokens(policy, rollout, t) for t in targets}  # this rank's
+    dapo_items = {t: float(gather_floats(torch.tensor([float(tokens[t])]), world).sum()) / world for t in targets} \
+        if cfg.loss_type == "dapo" else {}  # global-batch tokens / world: gradients are averaged over ranks
+    passes = cfg.num_iterations
+    for _ in range(passes):
         for t in targets:
-            total_rows = n
             for m, rows in enumerate(slices):
                 with policy.autocast():
                     logp, mask, entropy = terms[t](rows)
                 old = fixed[t]["old"][m] if cfg.num_iterations > 1 else logp.detach()
                 ref = fixed[t]["ref"][m] if cfg.beta > 0 else None
-                num_items = dapo_items.get(t)  # dapo: global-batch tokens / world (gradients are averaged over ranks)
                 loss, st = policy_loss(logp.float(), old.float(), advantages[t][rows], mask, epsilon=cfg.epsilon,
                                        epsilon_high=cfg.epsilon_high, beta=cfg.beta,
                                        ref_logp=None if ref is None else ref.float(), loss_type=cfg.loss_type,
-                                       num_items=num_items)
-                share = 1.0 if cfg.loss_type == "dapo" else (rows.stop - rows.start) / total_rows
-                if cfg.loss_type == "bnpo":
-                    share = float(mask.sum()) / float(_count_tokens(policy, rollout, t, cfg))
+                                       num_items=dapo_items.get(t))
+                frac = (rows.stop - rows.start) / n  # this micro-batch's share of the rows
+                share = {"dapo": 1.0, "bnpo": float(mask.sum()) / max(tokens[t], 1)}.get(cfg.loss_type, frac)
                 scaled = loss * share * weights[t]
                 if not torch.isfinite(scaled):
                     raise TrainingError(f"step {step + 1}: {t} loss is {float(loss.detach())} (micro-batch {m}); training "
                                         f"stopped; the last good checkpoint is under {cfg.run.out}/checkpoints")
                 scaled.backward()
-                _add(stats, f"loss/{t}", float(loss.detach()) * share)
+                _add(stats, f"loss/{t}", float(loss.detach()) * share / passes)
                 for key, value in st.items():
-                    _add(stats, f"{key}/{t}", float(value) * (rows.stop - rows.start) / total_rows)
+                    _add(stats, f"{key}/{t}", float(value) * frac / passes)
                 if entropy is not None:
-                    _add(stats, f"entropy/{t}", float(entropy.mean()) * (rows.stop - rows.start) / total_rows)
+                    _add(stats, f"entropy/{t}", float(entropy.mean()) * frac / passes)
         norm = optimizer_step(policy, optimizer, lr, cfg.optim, world)
-        _add(stats, "grad_norm", norm / cfg.num_iterations)
-    out = {k: v for k, v in stats.items()}
-    out["lr"] = lr
-    return out
+        _add(stats, "grad_norm", norm / passes)
+    stats["lr"] = lr
+    return stats
 
 
-def _count_tokens(policy: Policy, rollout: Rollout, target: str, cfg: GRPOConfig) -> int:
+def _count_tokens(policy: Policy, rollout: Rollout, target: str) -> int:
+    """Scored tokens of this rank's rows: image tokens, or answer tokens + EOS (as answer_logprobs scores)."""
     if target == "gen":
         return rollout.batch.tokens.numel()
     tok = policy.backbone.processor.tokenizer
     return sum(len(tok(a, add_special_tokens=False).input_ids) + 1 for a in rollout.answers)
-
-
-def _global_tokens(policy: Policy, rollout: Rollout, target: str, cfg: GRPOConfig, world: int) -> float:
-    local = torch.tensor([float(_count_tokens(policy, rollout, target, cfg))])
-    return float(gather_floats(local, world).sum())
 
 
 def _add(stats: dict, key: str, value: float) -> None:
@@ -205,21 +205,12 @@ def step_metrics(step: int, rollout: Rollout, all_rewards: torch.Tensor, zero: d
     """One metrics.jsonl row: rewards per reward, zero-std share, KL, clipping, entropy, grad norm, lr, times."""
     row: dict[str, Any] = {"step": step + 1}
     if cfg.target in ("gen", "joint"):
-        row["reward/mean"] = float(all_rewards.mean())
-        row["reward/std"] = float(all_rewards.std()) if len(all_rewards) > 1 else 0.0
-        for name in names:  # this rank's rows; rank 0 logs
-            vals = torch.tensor([r["rewards"][name] for r in rollout.records])
-            row[f"reward/{name}/mean"] = float(vals.mean())
-            row[f"reward/{name}/std"] = float(vals.std()) if len(vals) > 1 else 0.0
+        row.update(reward_columns(all_rewards, rollout.records, names))
     if rollout.und_rewards is not None:
         row["und_reward/mean"] = float(rollout.und_rewards.mean())
     for t, flags in zero.items():
         row[f"zero_std_share/{t}"] = float(flags.float().mean())
-    row.update({k: round(v, 8) for k, v in update.items()})
-    row.update({f"time/{k}": round(v, 3) for k, v in times.items()})
-    total = sum(times.values())
-    row["images_per_s"] = round(len(rollout.batch) / total, 3) if total > 0 else 0.0
-    return row
+    return finish_row(row, update, times, len(rollout.batch))
 
 
 def train_step(policy: Policy, optimizer, reward, pool: list[PromptSpec], step: int, cfg: GRPOConfig,
@@ -235,7 +226,7 @@ def train_step(policy: Policy, optimizer, reward, pool: list[PromptSpec], step: 
     times["score"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     advantages, zero = {}, {}
-    all_rewards = gather_floats(rollout.rewards, world)
+    all_rewards = rollout.rewards  # replaced by the gathered batch when rewards are computed
     if cfg.target in ("gen", "joint"):
         advantages["gen"], zero["gen"], all_rewards = compute_advantages(rollout.rewards, cfg, rank, world)
     if rollout.und_rewards is not None:
@@ -244,6 +235,3 @@ def train_step(policy: Policy, optimizer, reward, pool: list[PromptSpec], step: 
     times["update"] = time.perf_counter() - t0
     return step_metrics(step, rollout, all_rewards, zero, update, times, getattr(reward, "names", []), cfg)
 
-
-def run_dir(cfg: GRPOConfig) -> Path:
-    return Path(cfg.run.out)

@@ -34,10 +34,17 @@ import torch.nn.functional as F
 from unirl_kit.backbones.base import GenerationBatch, image_seed
 from unirl_kit.rewards.base import Sample
 from unirl_kit.rewards.self_qa import question_and_truth
-from unirl_kit.training.common import Policy, TrainingError, gather_floats, learning_rate, optimizer_step
+from unirl_kit.training.common import (
+    Policy,
+    finish_row,
+    gather_floats,
+    learning_rate,
+    optimizer_step,
+    reward_columns,
+)
 from unirl_kit.training.config import SFTConfig
 from unirl_kit.training.grpo import generate_groups, sample_prompts
-from unirl_kit.types import PromptSpec
+from unirl_kit.types import PromptSpec, TrainingError
 
 
 @dataclasses.dataclass
@@ -178,16 +185,8 @@ def step_metrics(step: int, data: SFTBatch, update: dict[str, float], times: dic
     row["kept"] = int(counts[0])
     row["kept_share"] = round(float(counts[0] / counts[1]), 6) if counts[1] > 0 else 0.0
     if data.rewards is not None:
-        everything = gather_floats(data.rewards, world)
-        row["reward/mean"] = float(everything.mean())
-        row["reward/std"] = float(everything.std()) if len(everything) > 1 else 0.0
-        for name in names:  # this rank's rows; rank 0 logs
-            row[f"reward/{name}/mean"] = float(torch.tensor([r["rewards"][name] for r in data.records]).mean())
-    row.update({k: round(v, 8) for k, v in update.items()})
-    row.update({f"time/{k}": round(v, 3) for k, v in times.items()})
-    total = sum(times.values())
-    row["images_per_s"] = round(len(data.batch) / total, 3) if total > 0 else 0.0
-    return row
+        row.update(reward_columns(gather_floats(data.rewards, world), data.records, names))
+    return finish_row(row, update, times, len(data.batch))
 
 
 def train_step(policy: Policy, optimizer, reward, pool: list[PromptSpec], step: int, cfg: SFTConfig,

@@ -1,0 +1,89 @@
+"""The job around a trainer's step function, shared by GRPO and SFT: processes, checks, set-up,
+resume (refusing another recipe's checkpoints), the step loop, metrics, checkpoints, export."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from unirl_kit.config import write_run_info
+from unirl_kit.training.common import (
+    MetricsLog,
+    build_optimizer,
+    build_policy,
+    check_out,
+    export_final,
+    init_processes,
+)
+from unirl_kit.training.state import load_train_state, save_train_state
+from unirl_kit.types import InputError
+
+
+def run_job(cfg: Any, resume: bool, *, check: Callable[[Any, int], None], stamp: dict[str, str],
+            wants_rewards: bool, keep_reference: bool, train_step: Callable[..., dict[str, Any]]) -> dict[str, Any]:
+    """Train `cfg.run.steps` steps with `train_step(policy, optimizer, reward, pool, step, cfg, rank, world)`.
+
+    `stamp` (e.g. {"config": "train sft", "mode": "und"}) is saved in every checkpoint; a resume whose
+    checkpoints carry another stamp is refused. Rewards are built only when `wants_rewards`.
+    """
+    rank, world = init_processes()
+    check(cfg, world)
+    from unirl_kit.prompts.schema import read_prompts
+    from unirl_kit.registry import registry
+    from unirl_kit.rewards.base import build_rewards, parse_reward_spec
+
+    pool = read_prompts(Path(cfg.prompts))
+    if not pool:
+        raise InputError(f"{cfg.prompts}: no prompts")
+    if wants_rewards:
+        for spec in cfg.rewards:  # unknown names fail here, before the model loads
+            registry("rewards").get(parse_reward_spec(spec)[0])
+    out = check_out(cfg.run, resume)
+    torch.manual_seed(cfg.run.seed)
+    policy = build_policy(cfg.backbone, cfg.lora, keep_reference=keep_reference)
+    reward = build_rewards(cfg.rewards, cfg.reward_options, policy.backbone) if wants_rewards else None
+    optimizer = build_optimizer(policy.params, cfg.optim)
+    state = load_train_state(out / "checkpoints", policy.model, optimizer) if resume else None
+    if state is not None and {k: state.get(k) for k in stamp} != stamp:
+        found = {k: state.get(k) for k in stamp}
+        raise InputError(f"{out}/checkpoints were written by {found}, not {stamp}; resume with the same settings "
+                         "or use a new run.out")
+    start = int(state["step"]) if state else 0
+    if rank == 0:
+        write_run_info(out, cfg, stamp["config"])
+    log = MetricsLog(out, start, cfg.run.tensorboard) if rank == 0 else None
+    from unirl_kit.training.progress import StepProgress
+
+    t0 = time.perf_counter()
+    last: dict[str, Any] = {}
+    with StepProgress(cfg.run.steps, start, enabled=cfg.run.progress and rank == 0) as progress:
+        for step in range(start, cfg.run.steps):
+            last = train_step(policy, optimizer, reward, pool, step, cfg, rank, world)
+            if log is not None and (step + 1) % cfg.run.log_every == 0:
+                log.write(last)
+            progress.update(step + 1, last)
+            if (step + 1) % cfg.run.checkpoint_every == 0 or step + 1 == cfg.run.steps:
+                if rank == 0:
+                    save_train_state(out / "checkpoints", step + 1, policy.trained_weights(), optimizer, stamp,
+                                     cfg.run.keep_checkpoints)
+                _barrier(world)
+    if log is not None:
+        log.close()
+    final = export_final(policy, out) if rank == 0 else None
+    summary = {"steps": cfg.run.steps, **{k: v for k, v in stamp.items() if k != "config"}, "started_at": start,
+               "seconds": round(time.perf_counter() - t0, 1), "final": str(final) if final else None, "last": last}
+    if rank == 0:
+        (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def _barrier(world: int) -> None:
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
