@@ -36,3 +36,11 @@ def question_answer(spec: PromptSpec) -> tuple[str, str]:
         return (QUESTIONS["color_attr"].format(a=a.cls, b=b.cls),
                 f"The {a.cls} is {a.color} and the {b.cls} is {b.color}.")
     raise ValueError(f"no UniRL question template for tag {spec.tag!r}")
+
+
+def question_and_truth(spec: PromptSpec) -> tuple[str, str]:
+    """The metadata's own question/answer, or the templates' where the line has none (plain GenEval files)."""
+    if spec.question is not None and spec.answer is not None:
+        return spec.question, spec.answer
+    question, truth = question_answer(spec)
+    return spec.question or question, spec.answer or truth

@@ -7,17 +7,9 @@ from collections.abc import Sequence
 from typing import Any, ClassVar
 
 from unirl_kit.prompts.answers import grade_answer
-from unirl_kit.prompts.qa import question_answer
+from unirl_kit.prompts.qa import question_and_truth
 from unirl_kit.rewards.base import RewardOutput, Sample
-from unirl_kit.types import InputError, PromptSpec
-
-
-def question_and_truth(spec: PromptSpec) -> tuple[str, str]:
-    """The spec's own question/answer, or UniRL's template ones where the metadata has none."""
-    if spec.question is not None and spec.answer is not None:
-        return spec.question, spec.answer
-    question, truth = question_answer(spec)
-    return spec.question or question, spec.answer or truth
+from unirl_kit.types import InputError
 
 
 class SelfQAReward:

@@ -117,13 +117,13 @@ def with_question(spec: PromptSpec) -> PromptSpec:
     """UniRL's question/answer filled in where the metadata line has none (plain GenEval files)."""
     if spec.question is not None and spec.answer is not None:
         return spec
-    from unirl_kit.prompts.qa import question_answer
+    from unirl_kit.prompts.qa import question_and_truth
 
     try:
-        q, a = question_answer(spec)
+        q, a = question_and_truth(spec)
     except (ValueError, KeyError, IndexError):  # not one of the six tags, or malformed: no template
         return spec
-    return dataclasses.replace(spec, question=spec.question or q, answer=spec.answer or a)
+    return dataclasses.replace(spec, question=q, answer=a)
 
 
 def _tokens(samples_dir: Path, folder: str, image_index: int) -> Any:

@@ -18,7 +18,7 @@ import torch
 
 from unirl_kit.backbones.base import GenerationBatch, image_seed
 from unirl_kit.prompts.answers import grade_answer
-from unirl_kit.prompts.qa import question_answer
+from unirl_kit.prompts.qa import question_and_truth
 from unirl_kit.rewards.base import Sample
 from unirl_kit.training.common import (
     Policy,
@@ -90,7 +90,7 @@ def score_groups(policy: Policy, reward, specs: list[PromptSpec], offset: int, b
             policy.model.train(was_training)
         rollout.rewards = torch.tensor(totals, dtype=torch.float32)
     if cfg.target in ("und", "joint"):
-        rollout.questions = [question_answer(s.spec)[0] for s in samples]
+        rollout.questions = [question_and_truth(s.spec)[0] for s in samples]
         seed = image_seed(cfg.run.seed, step, (1 << 21) + offset)
         with torch.no_grad(), policy.autocast():
             rollout.answers = policy.backbone.answer(batch.images, rollout.questions, cfg.und_max_new_tokens,

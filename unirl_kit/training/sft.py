@@ -32,8 +32,8 @@ import torch
 import torch.nn.functional as F
 
 from unirl_kit.backbones.base import GenerationBatch, image_seed
+from unirl_kit.prompts.qa import question_and_truth
 from unirl_kit.rewards.base import Sample
-from unirl_kit.rewards.self_qa import question_and_truth
 from unirl_kit.training.common import (
     Policy,
     finish_row,

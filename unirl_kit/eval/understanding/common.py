@@ -14,9 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from unirl_kit.eval.geneval.layout import ImageItem, load_image, scan_images
-from unirl_kit.prompts.qa import question_answer
 from unirl_kit.prompts.schema import read_jsonl
-from unirl_kit.types import InputError, PromptSpec
+from unirl_kit.types import InputError
 
 Progress = Callable[[str, int], Callable[[int], None]]  # (label, total) -> advance(n)
 
@@ -44,14 +43,6 @@ def answer_all(backbone: Any, images: Sequence[Any], questions: Sequence[str], b
 def mean(values: Sequence[float]) -> float | None:
     """Mean, or None for an empty list (a tag with no items has no score, not 0)."""
     return float(sum(values) / len(values)) if values else None
-
-
-def self_qa(spec: PromptSpec) -> tuple[str, str]:
-    """UniRL's (question, answer) about a prompt's image: the metadata's own, else the templates'."""
-    if spec.question and spec.answer:
-        return spec.question, spec.answer
-    q, a = question_answer(spec)
-    return spec.question or q, spec.answer or a
 
 
 @dataclass

@@ -19,9 +19,9 @@ from unirl_kit.eval.understanding.common import (
     load_images,
     mean,
     no_progress,
-    self_qa,
 )
 from unirl_kit.prompts.answers import grade_answer
+from unirl_kit.prompts.qa import question_and_truth
 from unirl_kit.types import GENEVAL_TAGS
 
 
@@ -31,7 +31,7 @@ def ensure_answers(backbone: Any, images_dir: str, judged: Sequence[JudgedImage]
     todo = [j for j in judged if j.item.rel not in cache]
     if not todo:
         return
-    answers = answer_all(backbone, load_images(images_dir, todo), [self_qa(j.item.spec)[0] for j in todo],
+    answers = answer_all(backbone, load_images(images_dir, todo), [question_and_truth(j.item.spec)[0] for j in todo],
                          batch_size, max_new_tokens, progress, "self QA")
     cache.update((j.item.rel, a) for j, a in zip(todo, answers, strict=True))
 
@@ -42,7 +42,7 @@ def graded_rows(judged: Sequence[JudgedImage], cache: dict[str, str]) -> list[di
     for j in judged:
         spec, answer = j.item.spec, cache[j.item.rel]
         grade = grade_answer(spec, answer)
-        question, truth = self_qa(spec)
+        question, truth = question_and_truth(spec)
         rows.append({"image": j.item.rel, "prompt_key": j.prompt_key, "tag": spec.tag, "prompt": spec.prompt,
                      "question": question, "truth": truth, "answer": answer,
                      "gen_correct": j.gen_correct, "correct": grade.correct, "credit": grade.score})
