@@ -54,13 +54,6 @@ def model_of(cfg: LoopConfig, out: Path, round_index: int) -> str | None:
     return str(out / f"round-{round_index:03d}" / "train" / "final")
 
 
-def backbone_for(cfg: LoopConfig, model: str | None) -> tuple[str, str | None]:
-    """A trained export is a plain Janus folder: load it with `janus` (tiny-shapes' class)."""
-    if model is not None and cfg.backbone.name == "tiny-shapes":
-        return "janus", model
-    return cfg.backbone.name, model
-
-
 def evaluate(cfg: LoopConfig, folder: Path, eval_prompts: Path, model: str | None) -> dict[str, Any]:
     """generate (fixed seeds) -> eval geneval -> score (self-qa) -> eval understanding, each resumable."""
     from unirl_kit.backbones.loading import load_backbone
@@ -69,7 +62,7 @@ def evaluate(cfg: LoopConfig, folder: Path, eval_prompts: Path, model: str | Non
     from unirl_kit.generation.run import GenerateConfig, run_generate
     from unirl_kit.scoring.run import ScoreConfig, run_score
 
-    name, model = backbone_for(cfg, model)
+    name = cfg.backbone.name  # a trained export loads with the same backbone (`model` is its folder)
     backbone = load_backbone(name, model, cfg.backbone.device, "auto", cfg.backbone.options)
     samples = folder / "samples"
     s = cfg.sampling
@@ -93,7 +86,7 @@ def train(cfg: LoopConfig, folder: Path, train_prompts: Path, model: str | None,
     """One round of training from `model`; GRPO, SFT, or SFT then GRPO (`train: both`)."""
     from unirl_kit.training.config import GRPOConfig, SFTConfig
 
-    name, model = backbone_for(cfg, model)
+    name = cfg.backbone.name
     seed = cfg.seed + round_index
     common = [f"backbone.name={name}", f"backbone.device={cfg.backbone.device}", f"run.seed={seed}",
               f"prompts={train_prompts}", f"run.progress={str(cfg.progress).lower()}"]
