@@ -33,7 +33,7 @@ def main() -> None:
     prompts = args.out / "prompts.jsonl"
     if not prompts.exists():
         run_prompts(PromptsConfig(world="shapes", n=args.n, seed=1234, out=str(prompts)))
-    gen_cfg = GenerateConfig(backbone="tiny-shapes" if args.model is None else "janus", model=args.model,
+    gen_cfg = GenerateConfig(backbone="tiny-shapes", model=args.model,
                              prompts=str(prompts), out=str(args.out / "images"), group_size=args.group,
                              cfg_scale=args.cfg_scale, device=args.device, batch_size=64, progress=False)
     backbone = build_backbone(gen_cfg)
