@@ -2,7 +2,8 @@
 
 tests/slow/lint/bench run in the environment nox is started from (the project's venv, where
 torch is already installed: a fresh 6 GB torch per session would buy nothing). mmdet builds its
-own venv with the recipe of docs/environment (torch 2.13 CPU + a prebuilt mmcv wheel + mmdet 3.3).
+own venv with the recipe of docs/environment (torch 2.13 CPU + a prebuilt mmcv wheel + mmdet 3.3), plus
+transformers for the conversion parity tests (benchmarks/detector_throughput.py also runs there).
 """
 
 from __future__ import annotations
@@ -62,6 +63,9 @@ def mmdet(session: nox.Session) -> None:
     session.install("--no-deps", "-e", str(ROOT))
     session.install("pillow", "pyyaml", "scipy", "numpy<2", "typer", "rich", "pandas", "safetensors", "pytest",
                     "hypothesis")
-    # only the mmdet test modules: the others import open_clip/torchvision, absent from this venv
+    # the converted detector beside mmdet (parity tests): the main venv's transformers, which runs on torch 2.13
+    session.install("transformers==5.24.0")
+    # only the mmdet test modules (test_mmdet_adapter, test_mmdet_convert_parity): the others import
+    # open_clip/torchvision, absent from this venv
     files = sorted(glob.glob(str(ROOT / "tests" / "test_mmdet*.py")))
     session.run("pytest", "-q", "-m", "mmdet", "-p", "no:cacheprovider", *files, *session.posargs)

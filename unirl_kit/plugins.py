@@ -40,6 +40,10 @@ REGISTRIES["backbones"].register(
     description="Janus / Janus-Pro in the transformers format (--model PATH); batched CFG sampler",
 )
 REGISTRIES["backbones"].register(
+    "showo", "unirl_kit.backbones.showo.backbone:ShowoBackbone",
+    description="Show-o (Phi-1.5 + MAGVIT-v2, masked diffusion; --model DIR in the published layout)",
+)
+REGISTRIES["backbones"].register(
     "tiny-shapes", "unirl_kit.backbones.tiny_shapes.backbone:TinyShapesBackbone",
     description="the embedded default: a tiny Janus trained on the shapes world, shipped in the package",
 )

@@ -49,6 +49,9 @@ class GenerationBatch:
     tokens: torch.Tensor  # [N, T] int64 image token ids (CPU)
     logprobs: torch.Tensor  # [N, T] float32 sampled log-probs as defined above (CPU)
     seeds: list[int]  # the seed each row was drawn with
+    # [N, T] int64, masked-diffusion samplers only: the decoding step at which each token was revealed
+    # and kept. With it, `image_logprobs` rebuilds each step's masked state; None for AR models.
+    trajectory: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.images)
@@ -95,11 +98,12 @@ class Backbone(Protocol):
         ...
 
     def image_logprobs(self, prompts: Sequence[str], tokens: torch.Tensor, cfg_scale: float = 5.0,
-                       temperature: float = 1.0, with_entropy: bool = False):
-        """[N, T] teacher-forced log-probs of `tokens`; one forward pass, differentiable.
+                       temperature: float = 1.0, with_entropy: bool = False, trajectory: torch.Tensor | None = None):
+        """[N, T] teacher-forced log-probs of `tokens`; differentiable (one forward pass for AR models).
 
         `prompts` has one entry per row, or one per group of N / len(prompts) rows (prompt-major, the
-        order `generate` returns). with_entropy: returns (logprobs, entropy [N, T], detached)."""
+        order `generate` returns). with_entropy: returns (logprobs, entropy [N, T], detached).
+        `trajectory`: `GenerationBatch.trajectory` rows for masked-diffusion models (ignored by AR ones)."""
         ...
 
     def answer(self, images: Sequence[Image.Image], questions: Sequence[str], max_new_tokens: int = 32,
@@ -124,8 +128,9 @@ class Backbone(Protocol):
         """Raise InputError naming the first prompt that does not fit the model's context."""
         ...
 
-    def save(self, path: Path) -> None:
-        """Write an HF-style directory (config, safetensors weights, tokenizer/processor) that `load` reads."""
+    def save(self, path: Path, state_dict: dict | None = None) -> None:
+        """Write an HF-style directory (config, safetensors weights, tokenizer/processor) that `load` reads;
+        `state_dict` replaces the model's own weights in the file (e.g. LoRA merged)."""
         ...
 
 

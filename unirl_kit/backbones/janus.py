@@ -91,10 +91,10 @@ class JanusBackbone:
     def load(cls, path: str | Path, **options) -> JanusBackbone:
         return cls(model=str(path), **options)
 
-    def save(self, path: Path) -> None:
+    def save(self, path: Path, state_dict: dict | None = None) -> None:
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        self.model.save_pretrained(path)
+        self.model.save_pretrained(path, state_dict=state_dict)
         self.processor.save_pretrained(path)
 
     @property
@@ -143,7 +143,8 @@ class JanusBackbone:
         return GenerationBatch(self.decode_tokens(tokens), tokens, logprobs, row_seeds)
 
     def image_logprobs(self, prompts: Sequence[str], tokens: torch.Tensor, cfg_scale: float = 5.0,
-                       temperature: float = 1.0, with_entropy: bool = False):
+                       temperature: float = 1.0, with_entropy: bool = False, trajectory: torch.Tensor | None = None):
+        del trajectory  # autoregressive: the order is fixed
         rows = self._token_rows(prompts, tokens)
         return teacher_forced_logprobs(self.model, rows, tokens, self.special, cfg_scale, temperature, with_entropy)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from unirl_kit.cli import (
+    convert_cmd,
     eval_cmd,
     generate_cmd,
     loop_cmd,
@@ -33,6 +34,7 @@ serve_cmd.register(app)
 train_cmd.register(app)
 loop_cmd.register(app)
 app.add_typer(eval_cmd.app, name="eval")
+convert_cmd.register(app)
 
 
 def main() -> None:

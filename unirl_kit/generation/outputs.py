@@ -5,7 +5,8 @@ OUT/<i:05d>/samples/<k:04d>.png   image k (GenEval layout)
 OUT/<i:05d>/grid.png              all images of the prompt in one picture
 OUT/<i:05d>/tokens.safetensors    `tokens` [K, T] int64 image token ids, `logprobs` [K, T] float32 sampled
                                   log-probs (definition: backbones/base.py), `seeds` [K] int64; the header
-                                  metadata records backbone, model and sampling settings
+                                  metadata records backbone, model and sampling settings; masked-diffusion
+                                  backbones add `trajectory` [K, T] int64 (the step each token was revealed)
 `tokens.safetensors` is written last and atomically: it marks the prompt as finished.
 """
 
@@ -49,7 +50,8 @@ def make_grid(images: list[Image.Image], gap: int = 2) -> Image.Image:
 
 
 def write_prompt_outputs(out: Path, index: int, images: list[Image.Image], tokens: torch.Tensor,
-                         logprobs: torch.Tensor, seeds: list[int], header: dict[str, Any]) -> None:
+                         logprobs: torch.Tensor, seeds: list[int], header: dict[str, Any],
+                         trajectory: torch.Tensor | None = None) -> None:
     """PNGs, grid, then the tokens file (the completion marker), each written atomically."""
     from safetensors.torch import save_file
 
@@ -58,14 +60,16 @@ def write_prompt_outputs(out: Path, index: int, images: list[Image.Image], token
     folder = prompt_folder(out, index)
     save_png_atomic(make_grid(images), folder / GRID_FILE)
     tmp = folder / (TOKENS_FILE + ".tmp")
-    save_file({"tokens": tokens.to(torch.int64).contiguous(), "logprobs": logprobs.float().contiguous(),
-               "seeds": torch.tensor(seeds, dtype=torch.int64)}, str(tmp),
-              metadata={k: json.dumps(v) for k, v in header.items()})
+    tensors = {"tokens": tokens.to(torch.int64).contiguous(), "logprobs": logprobs.float().contiguous(),
+               "seeds": torch.tensor(seeds, dtype=torch.int64)}
+    if trajectory is not None:
+        tensors["trajectory"] = trajectory.to(torch.int64).contiguous()
+    save_file(tensors, str(tmp), metadata={k: json.dumps(v) for k, v in header.items()})
     tmp.replace(folder / TOKENS_FILE)
 
 
 def read_prompt_samples(out: Path, index: int) -> dict[str, Any]:
-    """`tokens`, `logprobs`, `seeds` tensors and the header of one prompt folder (for training)."""
+    """`tokens`, `logprobs`, `seeds` (and `trajectory` when written) tensors and the header of one prompt folder (for training)."""
     from safetensors import safe_open
 
     path = prompt_folder(out, index) / TOKENS_FILE

@@ -108,8 +108,9 @@ def run_generate(cfg: GenerateConfig, backbone: Any = None) -> dict[str, Any]:
                 seeds=[[image_seed(cfg.seed, i, k)] for i, k in batch], cfg_scale=cfg.cfg_scale,
                 temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p)
             for j, (i, k) in enumerate(batch):
+                trajectory = None if result.trajectory is None else result.trajectory[j]
                 pending.setdefault(i, {})[k] = (result.images[j], result.tokens[j], result.logprobs[j],
-                                                result.seeds[j])
+                                                result.seeds[j], trajectory)
                 if len(pending[i]) == cfg.group_size:
                     _write(out, i, pending.pop(i), header)
             done = start + len(batch)
@@ -126,8 +127,10 @@ def _write(out: Path, index: int, parts: dict[int, tuple], header: dict) -> None
     from unirl_kit.generation.outputs import write_prompt_outputs
 
     order = sorted(parts)
+    trajectory = None if parts[order[0]][4] is None else torch.stack([parts[k][4] for k in order])
     write_prompt_outputs(out, index, [parts[k][0] for k in order], torch.stack([parts[k][1] for k in order]),
-                         torch.stack([parts[k][2] for k in order]), [parts[k][3] for k in order], header)
+                         torch.stack([parts[k][2] for k in order]), [parts[k][3] for k in order], header,
+                         trajectory)
 
 
 class _progress:

@@ -226,8 +226,7 @@ def export_final(policy: Policy, out: Path) -> Path:
             layer.merge()
         try:
             state = {k.replace(".base_layer.", "."): v for k, v in policy.model.state_dict().items() if "lora_" not in k}
-            policy.backbone.model.save_pretrained(target, state_dict=state)
-            policy.backbone.processor.save_pretrained(target)
+            policy.backbone.save(target, state_dict=state)
         finally:
             for layer in layers:
                 layer.unmerge()

@@ -119,7 +119,8 @@ def micro_terms(policy: Policy, data: SFTBatch, rows: list[int], step: int, cfg:
     prompts = [data.prompt(i) for i in rows]
     tokens = data.batch.tokens[rows].to(b.device)
     if cfg.mode == "gen-rs":
-        return {"gen": -b.image_logprobs(prompts, tokens, cfg_scale=1.0, temperature=1.0).sum()}
+        trajectory = None if data.batch.trajectory is None else data.batch.trajectory[rows]
+        return {"gen": -b.image_logprobs(prompts, tokens, cfg_scale=1.0, temperature=1.0, trajectory=trajectory).sum()}
     logits = b.generation_logits(prompts, tokens).float()
     noise = torch.stack([gumbel_noise(tuple(logits.shape[1:]), _noise_seed(data, i, step, cfg)) for i in rows])
     pixels = b.decode_soft(relaxed_tokens(logits, tokens, noise.to(logits.device), cfg.gumbel_tau))

@@ -1,0 +1,1 @@
+"""Show-o backbone: the MAGVIT-v2 image tokenizer plus the Show-o transformer, prompting and MaskGIT sampling."""

@@ -1,0 +1,1 @@
+"""Weight converters: other frameworks' checkpoints into the formats this project loads."""
