@@ -152,3 +152,31 @@ def test_grpo_trains_show_o_with_lora_and_exports_a_loadable_folder(showo_dir, t
     assert all(torch.isfinite(torch.tensor(r["loss/gen"])) and r["grad_norm"] > 0 for r in rows)
     merged = registry("backbones").build("showo", model=str(out / "final"), device="cpu", timesteps=4)
     assert merged.generate(PROMPTS[:1], seeds=0).tokens.shape == (1, 16)
+
+
+def test_the_show_o_loop_config_runs_with_a_tiny_random_show_o(showo_dir, tmp_path):
+    """configs/loop/showo_512.yaml (SFT und, then GRPO, group 3) with overrides that swap in the tiny model."""
+    from unirl_kit.config import load_config
+    from unirl_kit.loop.config import LoopConfig
+    from unirl_kit.loop.run import run_loop
+
+    root = Path(__file__).resolve().parents[1]
+    cfg = load_config(LoopConfig, root / "configs" / "loop" / "showo_512.yaml", {}, [
+        f"backbone.model={showo_dir}", "backbone.device=cpu", "backbone.options={timesteps: 3}", f"out={tmp_path}",
+        "rounds=1", "world=shapes", "n_train=4", "n_eval=2", "eval_group_size=2", "progress=false",
+        f"grpo_config={root / 'configs/grpo/showo_512.yaml'}", f"sft_config={root / 'configs/sft/showo_512.yaml'}"])
+    tiny = ["run.steps=1", "prompts_per_step=2", "run.tensorboard=false", "backbone.gradient_checkpointing=false"]
+    cfg.grpo_overrides, cfg.sft_overrides = tiny, tiny
+    report = run_loop(cfg)
+    assert report["delta"] is not None
+    assert (tmp_path / "round-001" / "train" / "final" / "magvitv2").is_dir()
+
+
+def test_end_to_end_sft_is_refused_before_any_work(showo_dir):
+    from unirl_kit.config import load_config
+    from unirl_kit.training.config import SFTConfig, check_sft
+
+    root = Path(__file__).resolve().parents[1]
+    cfg = load_config(SFTConfig, root / "configs" / "sft" / "showo_512.yaml", {}, ["prompts=x.jsonl", "mode=e2e"])
+    with pytest.raises(InputError, match="e2e needs a differentiable image path.*'showo'"):
+        check_sft(cfg)

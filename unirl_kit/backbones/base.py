@@ -32,7 +32,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -85,6 +85,7 @@ class Backbone(Protocol):
     num_image_tokens: int  # T: tokens per image
     codebook_size: int
     image_size: int  # pixels per side of generated images
+    tokenizer: Any  # the text tokenizer (transformers), e.g. to count answer tokens
 
     @property
     def device(self) -> torch.device: ...

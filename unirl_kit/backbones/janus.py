@@ -98,6 +98,10 @@ class JanusBackbone:
         self.processor.save_pretrained(path)
 
     @property
+    def tokenizer(self):
+        return self.processor.tokenizer
+
+    @property
     def device(self) -> torch.device:
         return self.model.device
 

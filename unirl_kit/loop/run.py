@@ -92,6 +92,8 @@ def train(cfg: LoopConfig, folder: Path, train_prompts: Path, model: str | None,
               f"prompts={train_prompts}", f"run.progress={str(cfg.progress).lower()}"]
     if model is not None:
         common.append(f"backbone.model={model}")
+    if cfg.backbone.options:  # e.g. Show-o's timesteps / vq_model / tokenizer: the trainers load it the same way
+        common.append(f"backbone.options={json.dumps(dict(cfg.backbone.options))}")
     summary: dict[str, Any] = {}
     start = model
     if cfg.train in ("sft", "both"):

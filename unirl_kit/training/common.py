@@ -245,3 +245,9 @@ def check_out(run: RunConfig, resume: bool) -> Path:
         raise InputError(f"{out} already holds checkpoints; pass --resume to continue it or give a new run.out")
     out.mkdir(parents=True, exist_ok=True)
     return out
+
+
+def answer_token_count(backbone: Any, answers: list[str]) -> int:
+    """Tokens `answer_logprobs` scores for these answers: each answer's text tokens plus its EOS."""
+    tok = backbone.tokenizer
+    return sum(len(tok(a, add_special_tokens=False).input_ids) + 1 for a in answers)

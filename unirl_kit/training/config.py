@@ -186,6 +186,13 @@ def check_sft(cfg: SFTConfig, world: int = 1) -> None:
         raise InputError(f"gumbel_tau: must be > 0, got {cfg.gumbel_tau}")
     if cfg.und_weight < 0 or cfg.gen_weight < 0:
         raise InputError(f"und_weight and gen_weight must be >= 0, got {cfg.und_weight}, {cfg.gen_weight}")
+    if cfg.mode == "e2e":
+        from unirl_kit.registry import registry
+
+        cls = registry("backbones").get(cfg.backbone.name)
+        if not all(hasattr(cls, m) for m in ("generation_logits", "decode_soft", "answer_logprobs_from_pixels")):
+            raise InputError(f"mode: e2e needs a differentiable image path (generation_logits, decode_soft, "
+                             f"answer_logprobs_from_pixels), which backbone {cfg.backbone.name!r} lacks; use mode=und")
     if cfg.mode != "e2e" and (cfg.und_weight != 1.0 or cfg.gen_weight != 0.0):
         raise InputError(f"und_weight / gen_weight: only mode e2e combines two losses; mode {cfg.mode} has one "
                          "(leave them at 1.0 / 0.0)")

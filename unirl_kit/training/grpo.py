@@ -22,6 +22,7 @@ from unirl_kit.prompts.qa import question_and_truth
 from unirl_kit.rewards.base import Sample
 from unirl_kit.training.common import (
     Policy,
+    answer_token_count,
     finish_row,
     gather_floats,
     learning_rate,
@@ -194,8 +195,7 @@ def _count_tokens(policy: Policy, rollout: Rollout, target: str) -> int:
     """Scored tokens of this rank's rows: image tokens, or answer tokens + EOS (as answer_logprobs scores)."""
     if target == "gen":
         return rollout.batch.tokens.numel()
-    tok = policy.backbone.processor.tokenizer
-    return sum(len(tok(a, add_special_tokens=False).input_ids) + 1 for a in rollout.answers)
+    return answer_token_count(policy.backbone, rollout.answers)
 
 
 def _add(stats: dict, key: str, value: float) -> None:

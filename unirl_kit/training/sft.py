@@ -36,6 +36,7 @@ from unirl_kit.prompts.qa import question_and_truth
 from unirl_kit.rewards.base import Sample
 from unirl_kit.training.common import (
     Policy,
+    answer_token_count,
     finish_row,
     gather_floats,
     learning_rate,
@@ -139,9 +140,7 @@ def loss_weights(cfg: SFTConfig) -> dict[str, float]:
 
 def token_counts(policy: Policy, data: SFTBatch, terms: list[str], world: int) -> dict[str, float]:
     """Global number of target tokens per term (the loss denominators), known before any backward."""
-    tok = policy.backbone.processor.tokenizer
-    local = {"und": sum(len(tok(data.answers[i], add_special_tokens=False).input_ids) + 1 for i in data.keep)
-             if "und" in terms else 0,
+    local = {"und": answer_token_count(policy.backbone, [data.answers[i] for i in data.keep]) if "und" in terms else 0,
              "gen": len(data.keep) * data.batch.tokens.shape[1]}
     return {t: float(gather_floats(torch.tensor([float(local[t])]), world).sum()) for t in terms}
 
