@@ -82,34 +82,6 @@ def test_word_level_tokenizer_covers_every_prompt_question_and_answer():
     assert tok.decode(tok("The circle is left of the square.").input_ids[1:]) == "the circle is left of the square ."
 
 
-def test_understanding_examples_mix_captions_existence_and_unirl_questions():
-    import numpy as np
-
-    from unirl_kit.eval.understanding.pope import parse_yes_no
-    from unirl_kit.pretrain.language_model import LanguageModelConfig, understanding_examples
-
-    _, specs = scene_batch(3, 0, 200, build.IMAGE_SIZE)
-    cfg = LanguageModelConfig(caption_share=0.2, existence_share=0.3)
-    questions, answers = understanding_examples(specs, np.random.default_rng(0), cfg)
-    tok = build.build_tokenizer()
-    kinds = {"caption": 0, "yes": 0, "no": 0, "unirl": 0}
-    for spec, q, a in zip(specs, questions, answers, strict=True):
-        assert tok.convert_tokens_to_ids(build.UNK) not in tok(f"{q} {a}").input_ids, (q, a)
-        if q == build.CAPTION_QUESTION:
-            assert a == spec.prompt
-            kinds["caption"] += 1
-        elif q.startswith("Is there"):
-            named = q.removeprefix("Is there a ").removeprefix("n ").removesuffix(" in the image?")
-            present = {r.cls for r in spec.include if r.count > 0}
-            assert parse_yes_no(a) is (named in present), (spec.prompt, q, a)
-            kinds["yes" if a == "yes" else "no"] += 1
-        else:
-            assert (q, a) == (spec.question, spec.answer)
-            kinds["unirl"] += 1
-    assert 25 < kinds["caption"] < 55 and 18 < kinds["yes"] < 45 and 18 < kinds["no"] < 45, kinds
-    assert understanding_examples(specs, np.random.default_rng(0), cfg) == (questions, answers)
-
-
 @pytest.fixture(scope="module")
 def tiny_lm(tmp_path_factory):
     from unirl_kit.pretrain.language_model import LanguageModelConfig, build_model

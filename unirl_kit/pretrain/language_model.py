@@ -36,7 +36,6 @@ class LanguageModelConfig:
     weight_decay: float = 0.01
     cfg_dropout: float = 0.1  # share of generation prompts trained unconditionally
     caption_share: float = 0.2  # share of understanding examples asking for a caption
-    existence_share: float = 0.0  # share asking POPE's "Is there a X in the image?" (yes/no, half each)
     text_hidden: int = 256
     text_layers: int = 4
     vision_hidden: int = 128
@@ -101,29 +100,6 @@ def understanding_loss(model, tokenizer, pixels: torch.Tensor, questions: list[s
     return F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), lab[:, 1:].reshape(-1), ignore_index=-100)
 
 
-def understanding_examples(specs: list, rng: np.random.Generator, cfg: LanguageModelConfig) -> tuple[list[str], list[str]]:
-    """(question, answer) per scene: a caption request, a yes/no existence question, or the UniRL question."""
-    from unirl_kit.eval.understanding.pope import pope_question
-    from unirl_kit.worlds.shapes.vocab import SHAPES
-
-    kinds = rng.random(len(specs))
-    questions, answers = [], []
-    for spec, k in zip(specs, kinds, strict=True):
-        if k < cfg.caption_share:
-            questions.append(build.CAPTION_QUESTION)
-            answers.append(spec.prompt)
-        elif k < cfg.caption_share + cfg.existence_share:
-            present = sorted({r.cls for r in spec.include if r.count > 0})
-            absent = [s for s in SHAPES if s not in present]
-            yes = bool(rng.random() < 0.5)
-            questions.append(pope_question(str(rng.choice(present if yes else absent))))
-            answers.append("yes" if yes else "no")
-        else:
-            questions.append(spec.question)
-            answers.append(spec.answer)
-    return questions, answers
-
-
 def build_model(cfg: LanguageModelConfig, vq_dir: Path):
     """A fresh tiny Janus whose VQ is the trained (frozen) tokenizer."""
     from transformers import JanusForConditionalGeneration
@@ -165,7 +141,9 @@ def train_language_model(cfg: LanguageModelConfig, vq_dir: Path, out: Path, seed
         with torch.no_grad():
             image_tokens = model.model.vqmodel.encode(gen_pixels).image_tokens.view(cfg.gen_batch, -1)
         uncond = torch.from_numpy(rng.random(cfg.gen_batch) < cfg.cfg_dropout)  # .tolist() only: stays on CPU
-        questions, answers = understanding_examples(und_specs, rng, cfg)
+        captions = rng.random(cfg.und_batch) < cfg.caption_share
+        questions = [build.CAPTION_QUESTION if c else s.question for s, c in zip(und_specs, captions, strict=True)]
+        answers = [s.prompt if c else s.answer for s, c in zip(und_specs, captions, strict=True)]
         for group in opt.param_groups:
             group["lr"] = _lr(step, cfg)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):

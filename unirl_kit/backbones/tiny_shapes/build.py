@@ -35,7 +35,7 @@ def vocabulary() -> list[str]:
     """Every word the shapes world's prompts, questions and answers use (lower case)."""
     words: set[str] = set()
     texts = ["a photo of a an and the is of", *QUESTIONS.values(), *RELATIONS, *NUMBER_WORDS[:6],
-             *SHAPES, *(make_plural(s) for s in SHAPES), *COLORS, CAPTION_QUESTION, "there yes no . ? ,"]
+             *SHAPES, *(make_plural(s) for s in SHAPES), *COLORS, CAPTION_QUESTION, "there . ? ,"]
     for text in texts:
         words.update(text.replace("{a}", "").replace("{b}", "").replace("?", " ? ").replace(".", " . ")
                      .lower().split())
