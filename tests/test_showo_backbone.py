@@ -149,7 +149,8 @@ def test_grpo_trains_show_o_with_lora_and_exports_a_loadable_folder(showo_dir, t
     run_grpo(load_config(GRPOConfig, None, {}, [f"{k}={v}" for k, v in items.items()]))
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 2 and rows[0]["kl/gen"] == pytest.approx(0.0, abs=1e-6)
-    assert all(torch.isfinite(torch.tensor(r["loss/gen"])) and r["grad_norm"] > 0 for r in rows)
+    assert all(torch.isfinite(torch.tensor([r["loss/gen"], r["grad_norm"]])).all() for r in rows)
+    assert any(r["grad_norm"] > 0 for r in rows)  # a step whose groups all tie has no gradient, by design
     merged = registry("backbones").build("showo", model=str(out / "final"), device="cpu", timesteps=4)
     assert merged.generate(PROMPTS[:1], seeds=0).tokens.shape == (1, 16)
 

@@ -7,7 +7,7 @@ import contextlib
 import copy
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +41,7 @@ class Policy:
     lora: bool
     reference: Any = None  # a frozen copy of the model (full fine-tuning with beta > 0)
     autocast: Any = field(default=contextlib.nullcontext)
+    fsdp: bool = False  # model (and reference) sharded with FSDP2 (unirl_kit/training/fsdp.py)
 
     @property
     def model(self) -> torch.nn.Module:
@@ -65,7 +66,32 @@ class Policy:
         finally:
             self.backbone.model = live
 
+    def call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """fn(*args, **kwargs), a computation with the current model (the reference inside
+        `as_reference`); under FSDP it runs as a forward of the sharded root, which every rank must
+        make the same number of times."""
+        if not self.fsdp:
+            return fn(*args, **kwargs)
+        from unirl_kit.training import fsdp
+
+        return fsdp.call(self.model, lambda: fn(*args, **kwargs))
+
+    def gathered(self) -> contextlib.AbstractContextManager:
+        """Around sampling and model-based rewards (no grad): under FSDP the whole model is gathered
+        once, so ranks may run different numbers of forwards; otherwise nothing."""
+        if not self.fsdp:
+            return contextlib.nullcontext()
+        from unirl_kit.training import fsdp
+
+        return fsdp.gathered(self.model)
+
     def trained_weights(self) -> dict[str, torch.Tensor]:
+        """What checkpoints keep; under FSDP every rank calls and rank 0 gets the full tensors."""
+        if self.fsdp:
+            from unirl_kit.training import fsdp
+
+            names = {n for n, p in self.model.named_parameters() if p.requires_grad}
+            return fsdp.full_weights(self.model, names)
         if self.lora:
             from unirl_kit.training.lora import adapter_state_dict
 
@@ -73,7 +99,7 @@ class Policy:
         return {n: p.detach() for n, p in self.model.named_parameters() if p.requires_grad}
 
 
-def build_policy(cfg: BackboneConfig, lora: LoraConfig, keep_reference: bool) -> Policy:
+def build_policy(cfg: BackboneConfig, lora: LoraConfig, keep_reference: bool, world: int = 1) -> Policy:
     from unirl_kit.backbones.loading import load_backbone
 
     backbone = load_backbone(cfg.name, cfg.model, cfg.device, cfg.dtype, cfg.options)
@@ -97,11 +123,18 @@ def build_policy(cfg: BackboneConfig, lora: LoraConfig, keep_reference: bool) ->
         if enable is None:
             raise InputError(f"backbone.gradient_checkpointing: {type(model).__name__} does not support it")
         enable()
+    if cfg.fsdp:  # after requires_grad and the reference copy: sharding turns parameters into DTensors
+        from unirl_kit.training import fsdp
+
+        fsdp.shard(model, backbone.device, world)
+        params = [p for p in model.parameters() if p.requires_grad]  # the sharded ones replaced them
+        if reference is not None:  # sharded too: a 7B replica per rank is what FSDP is there to avoid
+            fsdp.shard(reference, backbone.device, world)
     model.train()
     use_bf16 = cfg.bf16 == "true" or (cfg.bf16 == "auto" and backbone.device.type == "cuda")
     autocast = (lambda: torch.autocast(backbone.device.type, dtype=torch.bfloat16)) if use_bf16 \
         else contextlib.nullcontext
-    return Policy(backbone, params, lora.enabled, reference, autocast)
+    return Policy(backbone, params, lora.enabled, reference, autocast, fsdp=cfg.fsdp)
 
 
 def build_optimizer(params: list[torch.nn.Parameter], cfg: OptimConfig) -> torch.optim.Optimizer:
@@ -135,11 +168,15 @@ def sync_gradients(params: list[torch.nn.Parameter], world: int) -> None:
 
 def optimizer_step(policy: Policy, optimizer: torch.optim.Optimizer, lr: float, cfg: OptimConfig,
                    world: int) -> float:
-    """Sync, clip, step; returns the gradient norm before clipping."""
-    sync_gradients(policy.params, world)
+    """Sync, clip, step; returns the gradient norm before clipping (over the whole model, also when
+    FSDP holds the gradients as shards, which its backward has already averaged over ranks)."""
+    if not policy.fsdp:
+        sync_gradients(policy.params, world)
     for group in optimizer.param_groups:
         group["lr"] = lr
     norm = torch.nn.utils.clip_grad_norm_(policy.params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+    if hasattr(norm, "full_tensor"):  # a DTensor under FSDP: the global norm, replicated
+        norm = norm.full_tensor()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return float(norm)
@@ -215,9 +252,19 @@ def _step_of(line: str) -> int:
         return 1 << 60  # a torn line: dropped
 
 
-def export_final(policy: Policy, out: Path) -> Path:
-    """out/final: an HF-style folder the backbone loads (LoRA merged into the weights)."""
+def export_final(policy: Policy, out: Path, rank: int = 0) -> Path | None:
+    """out/final: an HF-style folder the backbone loads (LoRA merged into the weights), written by rank 0
+    (under FSDP every rank calls: the full weights are gathered first)."""
     target = Path(out) / "final"
+    if policy.fsdp:
+        from unirl_kit.training import fsdp
+
+        state = fsdp.full_weights(policy.model)
+        if rank == 0:
+            policy.backbone.save(target, state_dict=state)
+        return target if rank == 0 else None
+    if rank != 0:
+        return None
     if policy.lora:
         from peft.tuners.tuners_utils import BaseTunerLayer
 

@@ -53,6 +53,9 @@ class BackboneConfig:
     dtype: str = "float32"  # the trained weights' dtype; bf16 autocast on GPU is `bf16`
     bf16: str = "auto"  # autocast: auto = on for CUDA, off on CPU
     gradient_checkpointing: bool = False
+    # Shard weights, gradients and AdamW state over the processes (FSDP2) instead of one full replica
+    # per rank; needs >= 2 processes and full fine-tuning (see check_fsdp and training/fsdp.py)
+    fsdp: bool = False
 
 
 @dataclass
@@ -118,7 +121,21 @@ def check_grpo(cfg: GRPOConfig, world: int = 1) -> None:
         raise InputError("epsilon and epsilon_high must be >= 0")
     if cfg.beta < 0:
         raise InputError(f"beta: must be >= 0, got {cfg.beta}")
+    check_fsdp(cfg.backbone, cfg.lora, world)
     check_common(cfg.optim, cfg.run)
+
+
+def check_fsdp(backbone: BackboneConfig, lora: LoraConfig, world: int) -> None:
+    """FSDP shards over processes: one process has nothing to shard with, and LoRA (a small trained
+    adapter on a frozen base) is not supported with it (adapter toggling and merging on shards)."""
+    if not backbone.fsdp:
+        return
+    if world < 2:
+        raise InputError("backbone.fsdp: shards the model over processes, but this run has 1; launch with "
+                         "torchrun --nproc-per-node N (N >= 2) or drop backbone.fsdp")
+    if lora.enabled:
+        raise InputError("backbone.fsdp: not supported with lora.enabled (LoRA trains a small adapter; run it "
+                         "without FSDP)")
 
 
 def check_common(optim: OptimConfig, run: RunConfig) -> None:
@@ -198,4 +215,5 @@ def check_sft(cfg: SFTConfig, world: int = 1) -> None:
                          "(leave them at 1.0 / 0.0)")
     if cfg.mode == "e2e" and cfg.und_weight == 0 and cfg.gen_weight == 0:
         raise InputError("e2e: und_weight and gen_weight are both 0; nothing to train")
+    check_fsdp(cfg.backbone, cfg.lora, world)
     check_common(cfg.optim, cfg.run)

@@ -67,7 +67,7 @@ def generate_groups(policy: Policy, specs: list[PromptSpec], offset: int, step: 
     was_training = policy.model.training
     policy.model.eval()  # no dropout (e.g. LoRA's) while sampling: the policy is the eval-mode model
     try:
-        with torch.no_grad(), policy.autocast():
+        with torch.no_grad(), policy.gathered(), policy.autocast():
             return policy.backbone.generate([sp.prompt for sp in specs], group_size=cfg.group_size, seeds=seeds,
                                             cfg_scale=s.cfg_scale, temperature=s.temperature, top_k=s.top_k,
                                             top_p=s.top_p)
@@ -85,7 +85,7 @@ def score_groups(policy: Policy, reward, specs: list[PromptSpec], offset: int, b
         was_training = policy.model.training
         policy.model.eval()
         try:
-            with torch.no_grad(), policy.autocast():
+            with torch.no_grad(), policy.gathered(), policy.autocast():
                 totals, rollout.records = reward(samples)
         finally:
             policy.model.train(was_training)
@@ -93,7 +93,7 @@ def score_groups(policy: Policy, reward, specs: list[PromptSpec], offset: int, b
     if cfg.target in ("und", "joint"):
         rollout.questions = [question_and_truth(s.spec)[0] for s in samples]
         seed = image_seed(cfg.run.seed, step, (1 << 21) + offset)
-        with torch.no_grad(), policy.autocast():
+        with torch.no_grad(), policy.gathered(), policy.autocast():
             rollout.answers = policy.backbone.answer(batch.images, rollout.questions, cfg.und_max_new_tokens,
                                                      greedy=False, seed=seed, temperature=cfg.und_temperature)
         rollout.und_rewards = torch.tensor([grade_answer(s.spec, a).score for s, a in
@@ -139,10 +139,10 @@ def _reference_and_old(policy: Policy, rollout: Rollout, slices: list[slice], cf
     for rows in slices:
         if cfg.num_iterations > 1:
             with torch.no_grad(), policy.autocast():
-                out["old"].append(terms(rows)[0].detach())
+                out["old"].append(policy.call(terms, rows)[0].detach())
         if cfg.beta > 0:
             with policy.as_reference(), policy.autocast():
-                out["ref"].append(terms(rows)[0].detach())
+                out["ref"].append(policy.call(terms, rows)[0].detach())
     return out
 
 
@@ -165,8 +165,8 @@ def policy_update(policy: Policy, optimizer, rollout: Rollout, advantages: dict[
     for _ in range(passes):
         for t in targets:
             for m, rows in enumerate(slices):
-                with policy.autocast():
-                    logp, mask, entropy = terms[t](rows)
+                with policy.autocast():  # every rank has as many rows, so as many micro-batches (FSDP)
+                    logp, mask, entropy = policy.call(terms[t], rows)
                 old = fixed[t]["old"][m] if cfg.num_iterations > 1 else logp.detach()
                 ref = fixed[t]["ref"][m] if cfg.beta > 0 else None
                 loss, st = policy_loss(logp.float(), old.float(), advantages[t][rows], mask, epsilon=cfg.epsilon,

@@ -14,6 +14,7 @@ import torch
 from unirl_kit.config import write_run_info
 from unirl_kit.training.common import (
     MetricsLog,
+    Policy,
     build_optimizer,
     build_policy,
     check_out,
@@ -45,7 +46,7 @@ def run_job(cfg: Any, resume: bool, *, check: Callable[[Any, int], None], stamp:
             registry("rewards").get(parse_reward_spec(spec)[0])
     out = check_out(cfg.run, resume)
     torch.manual_seed(cfg.run.seed)
-    policy = build_policy(cfg.backbone, cfg.lora, keep_reference=keep_reference)
+    policy = build_policy(cfg.backbone, cfg.lora, keep_reference=keep_reference, world=world)
     reward = build_rewards(cfg.rewards, cfg.reward_options, policy.backbone) if wants_rewards else None
     optimizer = build_optimizer(policy.params, cfg.optim)
     state = load_train_state(out / "checkpoints", policy.model, optimizer) if resume else None
@@ -68,18 +69,31 @@ def run_job(cfg: Any, resume: bool, *, check: Callable[[Any, int], None], stamp:
                 log.write(last)
             progress.update(step + 1, last)
             if (step + 1) % cfg.run.checkpoint_every == 0 or step + 1 == cfg.run.steps:
-                if rank == 0:
-                    save_train_state(out / "checkpoints", step + 1, policy.trained_weights(), optimizer, stamp,
-                                     cfg.run.keep_checkpoints)
+                _checkpoint(policy, optimizer, out / "checkpoints", step + 1, stamp, cfg.run.keep_checkpoints, rank)
                 _barrier(world)
     if log is not None:
         log.close()
-    final = export_final(policy, out) if rank == 0 else None
+    final = export_final(policy, out, rank)
     summary = {"steps": cfg.run.steps, **{k: v for k, v in stamp.items() if k != "config"}, "started_at": start,
                "seconds": round(time.perf_counter() - t0, 1), "final": str(final) if final else None, "last": last}
     if rank == 0:
         (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def _checkpoint(policy: Policy, optimizer: torch.optim.Optimizer, root: Path, step: int, stamp: dict[str, str],
+                keep: int, rank: int) -> None:
+    """Rank 0 writes; under FSDP every rank first takes part in gathering the weights and optimizer."""
+    if not policy.fsdp:
+        if rank == 0:
+            save_train_state(root, step, policy.trained_weights(), optimizer, stamp, keep)
+        return
+    from unirl_kit.training.fsdp import full_optimizer_state
+
+    weights = policy.trained_weights()
+    optim = full_optimizer_state(optimizer, keep=rank == 0)
+    if rank == 0:
+        save_train_state(root, step, weights, optimizer, stamp, keep, optimizer_state=optim)
 
 
 def _barrier(world: int) -> None:

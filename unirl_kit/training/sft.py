@@ -81,7 +81,7 @@ def select_targets(policy: Policy, reward, specs: list[PromptSpec], offset: int,
     was_training = policy.model.training
     policy.model.eval()
     try:
-        with torch.no_grad(), policy.autocast():
+        with torch.no_grad(), policy.gathered(), policy.autocast():
             totals, data.records = reward(samples)
     finally:
         policy.model.train(was_training)
@@ -157,18 +157,23 @@ def sft_update(policy: Policy, optimizer, data: SFTBatch, step: int, cfg: SFTCon
     counts = token_counts(policy, data, list(weights), world)
     local = dict.fromkeys(weights, 0.0)
     size = cfg.optim.micro_batch
-    for m, start in enumerate(range(0, len(data.keep), size)):
-        rows = data.keep[start: start + size]
-        with policy.autocast():
-            terms = micro_terms(policy, data, rows, step, cfg)
+    chunks = [data.keep[i: i + size] for i in range(0, len(data.keep), size)]
+    if policy.fsdp:  # FSDP: every rank runs as many forwards/backwards; gen-rs keeps unequal numbers of rows
+        most = int(gather_floats(torch.tensor([float(len(chunks))]), world).max())
+        chunks += [[] for _ in range(most - len(chunks))]
+    for m, rows in enumerate(chunks):
+        with policy.autocast():  # an empty chunk (padding) runs row 0 with a zero loss
+            terms = policy.call(micro_terms, policy, data, rows or [0], step, cfg)
         # gradients are averaged over ranks, so each rank's share of the global mean is scaled by world
         loss = sum(weights[t] * terms[t].float() / max(counts[t], 1.0) for t in weights) * world
-        if not torch.isfinite(loss):
+        if not rows:
+            loss = loss * 0.0
+        elif not torch.isfinite(loss):
             raise TrainingError(f"step {step + 1}: loss is {float(loss)} (micro-batch {m}); training stopped; the "
                                 f"last good checkpoint is under {cfg.run.out}/checkpoints")
         loss.backward()
         for t in weights:
-            local[t] += float(terms[t].detach()) / max(counts[t], 1.0)
+            local[t] += float(terms[t].detach()) / max(counts[t], 1.0) if rows else 0.0
     out["grad_norm"] = optimizer_step(policy, optimizer, lr, cfg.optim, world)
     parts = gather_floats(torch.tensor([local[t] for t in weights]), world).view(world, -1).sum(0)
     for t, value in zip(weights, parts.tolist(), strict=True):

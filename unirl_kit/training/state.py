@@ -31,14 +31,19 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def save_train_state(root: Path, step: int, weights: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer,
-                     extra: dict[str, Any], keep: int) -> Path:
-    """root/step-N/{model.safetensors, state.pt}; `weights` are what training changes."""
-    state = {"optimizer": optimizer.state_dict(), "rng": rng_state(), "weight_keys": sorted(weights), **extra}
+                     extra: dict[str, Any], keep: int, optimizer_state: dict[str, Any] | None = None) -> Path:
+    """root/step-N/{model.safetensors, state.pt}; `weights` are what training changes. `optimizer_state`
+    replaces `optimizer.state_dict()` when given (FSDP: the shards gathered whole, the same layout)."""
+    optim = optimizer.state_dict() if optimizer_state is None else optimizer_state
+    state = {"optimizer": optim, "rng": rng_state(), "weight_keys": sorted(weights), **extra}
     return save_checkpoint(root, step, weights, state, keep=keep)
 
 
 def load_train_state(root: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any] | None:
-    """Restore the latest checkpoint under `root` into model/optimizer/RNG; None when there is none."""
+    """Restore the latest checkpoint under `root` into model/optimizer/RNG; None when there is none.
+    A model sharded with FSDP takes the same files: each rank keeps its shards of the full tensors."""
+    from unirl_kit.training import fsdp
+
     ckpt = latest_checkpoint(root)
     if ckpt is None:
         return None
@@ -48,10 +53,11 @@ def load_train_state(root: Path, model: torch.nn.Module, optimizer: torch.optim.
     if unknown:
         raise InputError(f"{ckpt}: weights {unknown[:3]} are not in this model; was it written by another "
                          "config (lora.enabled, backbone)? use a new run.out")
-    with torch.no_grad():
-        for k, v in weights.items():
-            params[k].copy_(v.to(params[k].device, params[k].dtype))
+    fsdp.load_weights(model, weights)
     state = torch.load(ckpt / "state.pt", weights_only=False)
-    optimizer.load_state_dict(state["optimizer"])
+    if fsdp.is_sharded(model):
+        fsdp.load_optimizer_state(optimizer, state["optimizer"])
+    else:
+        optimizer.load_state_dict(state["optimizer"])
     set_rng_state(state["rng"])
     return state

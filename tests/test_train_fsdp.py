@@ -1,0 +1,236 @@
+"""`backbone.fsdp=true` on a random tiny Janus, 2 gloo processes on the CPU: the same losses, metrics
+and final weights as 1 process without FSDP on the same global batch (GRPO with the KL reference, SFT),
+checkpoints in the same layout, exact resume, and the settings FSDP refuses."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from unirl_kit.rewards.base import RewardOutput
+from unirl_kit.types import InputError
+
+BRIGHT = "test-fsdp-brightness"
+TOL = 1e-5  # float rounding: FSDP's reduce-scatter average vs one process's sum, then 2-4 AdamW steps
+
+
+class Brightness:
+    """Mean pixel brightness: spread on noise images, so advantages (and gradients) are not zero."""
+
+    name = BRIGHT
+    needs_backbone = False
+
+    def __call__(self, samples):
+        return RewardOutput([float(np.asarray(s.image, dtype=np.float32).mean() / 255.0) for s in samples])
+
+
+PICK = "test-fsdp-pick"
+PICKED = {(0, 0), (0, 1), (1, 0), (2, 1)}  # (prompt, image): rank 0 (prompts 0-1) keeps 3 rows, rank 1 keeps 1
+
+
+class Pick:
+    """1 for the images in PICKED, else 0: with threshold 1 the ranks keep unequal numbers of rows,
+    whatever the random model draws."""
+
+    name = PICK
+    needs_backbone = False
+
+    def __call__(self, samples):
+        return RewardOutput([float((s.prompt_index, s.image_index) in PICKED) for s in samples])
+
+
+def _register() -> None:
+    from unirl_kit.registry import REGISTRIES, registry
+
+    registry("rewards")
+    for name, cls in ((BRIGHT, Brightness), (PICK, Pick)):
+        if name not in REGISTRIES["rewards"].names():
+            REGISTRIES["rewards"].register(name, cls)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    """16 px images (16 tokens), 2 decoder layers of width 64: a step takes well under a second."""
+    from unirl_kit.testing.tiny_janus import save_random_janus
+
+    return save_random_janus(tmp_path_factory.mktemp("fsdp") / "model", image_size=16, text_hidden=64,
+                             text_layers=2, codebook_size=64, seed=2)
+
+
+@pytest.fixture(scope="module")
+def prompts(tmp_path_factory) -> Path:
+    from unirl_kit.prompts.cmd import PromptsConfig, run_prompts
+
+    out = tmp_path_factory.mktemp("fsdp_prompts") / "prompts.jsonl"
+    run_prompts(PromptsConfig(world="shapes", n=8, seed=5, out=str(out)))
+    return out
+
+
+def _cfg(recipe: str, model: Path, prompt_file: Path, out: Path, over: dict):
+    from unirl_kit.config import load_config
+    from unirl_kit.training.config import GRPOConfig, SFTConfig
+
+    items = {"prompts": str(prompt_file), "prompts_per_step": 2, "group_size": 2, "backbone.name": "janus",
+             "backbone.model": str(model), "backbone.device": "cpu", "optim.lr": 1e-3, "optim.micro_batch": 1,
+             "run.out": str(out), "run.steps": 2, "run.checkpoint_every": 2, "run.progress": False,
+             "run.tensorboard": False, "sampling.cfg_scale": 2.0, **over}
+    if recipe == "grpo":
+        items.setdefault("rewards", [BRIGHT])
+    return load_config(GRPOConfig if recipe == "grpo" else SFTConfig, None, {},
+                       [f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in items.items()])
+
+
+def _train(recipe: str, cfg, resume: bool = False) -> None:
+    _register()
+    if recipe == "grpo":
+        from unirl_kit.training.grpo_run import run_grpo
+
+        run_grpo(cfg, resume=resume)
+    else:
+        from unirl_kit.training.sft_run import run_sft
+
+        run_sft(cfg, resume=resume)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _rank_main(rank: int, world: int, port: int, jobs: list[tuple]) -> None:
+    """One rank: the jobs (recipe, model, prompts, out, overrides, resume) in order, in one process group."""
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port), OMP_NUM_THREADS="1")
+    torch.set_num_threads(1)
+    try:
+        for recipe, model, prompt_file, out, over, resume in jobs:
+            _train(recipe, _cfg(recipe, Path(model), Path(prompt_file), Path(out), over), resume)
+    finally:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _spawn(jobs: list[tuple]) -> None:
+    import torch.multiprocessing as mp
+
+    mp.spawn(_rank_main, args=(2, _free_port(), jobs), nprocs=2)
+
+
+def _metrics(out: Path) -> list[dict]:
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if not k.startswith("time/") and k != "images_per_s"} for r in rows]
+
+
+def _final(out: Path) -> dict[str, torch.Tensor]:
+    return load_file(out / "final" / "model.safetensors")
+
+
+def _worst(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    assert a.keys() == b.keys()
+    return max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
+
+
+def _same_rows(one: list[dict], two: list[dict], keys: set[str] | None = None) -> None:
+    """Equal steps and columns, values within TOL (only `keys` when given)."""
+    assert [r["step"] for r in one] == [r["step"] for r in two]
+    for r1, r2 in zip(one, two, strict=True):
+        assert r1.keys() == r2.keys()
+        for k, v in r1.items():
+            if keys is None or k in keys:
+                assert v == pytest.approx(r2[k], abs=TOL, rel=TOL), (r1["step"], k)
+
+
+def _checkpoint(out: Path, step: int = 2) -> tuple[dict[str, torch.Tensor], dict]:
+    ckpt = out / "checkpoints" / f"step-{step:07d}"
+    return load_file(ckpt / "model.safetensors"), torch.load(ckpt / "state.pt", weights_only=False)
+
+
+# columns over the global batch; the others (loss, KL, ratios, each reward's mean) describe rank 0's rows
+GRPO_GLOBAL = {"step", "reward/mean", "reward/std", "grad_norm", "lr"}
+
+
+def test_grpo_with_kl_two_fsdp_processes_match_one_process(model_dir, prompts, tmp_path):
+    """GRPO, beta > 0 (the sharded reference), two policy passes (mu 2, old log-probs), micro-batches of
+    one row: 2 FSDP ranks with a prompt each == 1 plain process with both (global columns, weights) ==
+    2 plain processes (every column: same rows per rank); checkpoints in the plain layout."""
+    over = {"beta": 0.05, "num_iterations": 2}
+    _train("grpo", _cfg("grpo", model_dir, prompts, tmp_path / "one", over))
+    m, p = str(model_dir), str(prompts)
+    _spawn([("grpo", m, p, str(tmp_path / "ddp"), over, False),
+            ("grpo", m, p, str(tmp_path / "two"), {**over, "backbone.fsdp": True}, False)])
+    one, ddp, two = (_metrics(tmp_path / n) for n in ("one", "ddp", "two"))
+    _same_rows(one, two, GRPO_GLOBAL)
+    _same_rows(ddp, two)
+    assert one[1]["kl/gen"] > 0 and two[1]["kl/gen"] > 0 and all(r["grad_norm"] > 0 for r in two)
+    worst = max(_worst(_final(tmp_path / "one"), _final(tmp_path / "two")),
+                _worst(_final(tmp_path / "ddp"), _final(tmp_path / "two")))
+    assert worst < TOL, worst
+    files = sorted(f.name for f in (tmp_path / "one" / "final").iterdir())
+    assert files == sorted(f.name for f in (tmp_path / "two" / "final").iterdir())
+    (w1, s1), (w2, s2) = _checkpoint(tmp_path / "one"), _checkpoint(tmp_path / "two")
+    assert _worst(w1, w2) < TOL and s1["weight_keys"] == s2["weight_keys"]
+    o1, o2 = s1["optimizer"], s2["optimizer"]
+    assert o1["param_groups"] == o2["param_groups"] and o1["state"].keys() == o2["state"].keys()
+    for i, entry in o1["state"].items():
+        assert entry.keys() == o2["state"][i].keys()
+        for key, value in entry.items():
+            assert type(o2["state"][i][key]) is type(value) and value.shape == o2["state"][i][key].shape
+            assert float((value.float() - o2["state"][i][key].float()).abs().max()) < TOL, (i, key)
+    print(f"grpo: worst final-weight difference {worst:.2e}")
+
+
+def test_sft_gen_rs_two_fsdp_processes_match_one_process_and_resume(model_dir, prompts, tmp_path):
+    """SFT gen-rs keeps 3 rows on rank 0 and 1 on rank 1 (micro-batches of one), so rank 1 pads with two
+    zero-loss micro-batches (without them the ranks hang); 2 steps == 1 plain process, then --resume to
+    4 steps == 4 FSDP steps straight, bit for bit; and a plain run's checkpoint resumes under FSDP."""
+    over = {"mode": "gen-rs", "rewards": [PICK], "threshold": 1.0, "prompts_per_step": 4, "group_size": 2}
+    _train("sft", _cfg("sft", model_dir, prompts, tmp_path / "one", over))
+    fsdp = {**over, "backbone.fsdp": True}
+    m, p = str(model_dir), str(prompts)
+    _spawn([("sft", m, p, str(tmp_path / "two"), fsdp, False),
+            ("sft", m, p, str(tmp_path / "straight"), {**fsdp, "run.steps": 4}, False),
+            ("sft", m, p, str(tmp_path / "two"), {**fsdp, "run.steps": 4}, True),
+            ("sft", m, p, str(tmp_path / "mixed"), over, False),
+            ("sft", m, p, str(tmp_path / "mixed"), {**fsdp, "run.steps": 4}, True)])
+    one, two, straight = _metrics(tmp_path / "one"), _metrics(tmp_path / "two"), _metrics(tmp_path / "straight")
+    _same_rows(one, two[:2], {k for k in one[0] if not k.startswith(f"reward/{PICK}/")})  # those: rank 0's
+    assert [r["kept"] for r in two] == [len(PICKED)] * 4 and all(r["grad_norm"] > 0 for r in two)
+    worst = _worst(_checkpoint(tmp_path / "one")[0], _checkpoint(tmp_path / "two")[0])
+    assert worst < TOL, worst
+    assert [r["step"] for r in two] == [1, 2, 3, 4] and straight == two
+    a, b = _final(tmp_path / "straight"), _final(tmp_path / "two")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    _same_rows(straight, _metrics(tmp_path / "mixed"))  # all columns: the same rank layout
+    assert _worst(a, _final(tmp_path / "mixed")) < TOL
+    print(f"sft gen-rs: worst step-2 weight difference {worst:.2e}")
+
+
+@pytest.mark.parametrize(("over", "world", "message"), [
+    ({}, 1, "this run has 1"),
+    ({"lora.enabled": True}, 2, "lora"),
+])
+def test_invalid_fsdp_settings_fail_before_the_model_loads(prompts, tmp_path, over, world, message):
+    from unirl_kit.training.config import check_grpo, check_sft
+
+    for recipe, check in (("grpo", check_grpo), ("sft", check_sft)):
+        cfg = _cfg(recipe, tmp_path / "no-such-model", prompts, tmp_path / "bad", {"backbone.fsdp": True, **over})
+        with pytest.raises(InputError, match=message) as err:
+            check(cfg, world)
+        assert "\n" not in str(err.value)
+
+
+def test_one_process_refuses_fsdp_before_loading(prompts, tmp_path):
+    cfg = _cfg("grpo", tmp_path / "no-such-model", prompts, tmp_path / "bad", {"backbone.fsdp": True})
+    with pytest.raises(InputError, match="backbone.fsdp"):
+        _train("grpo", cfg)
+    assert not (tmp_path / "bad").exists()
