@@ -38,6 +38,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from unirl_kit.types import InputError
+
 Seeds = int | Sequence[Sequence[int]]  # a base seed, or one seed per (prompt, image)
 
 
@@ -133,6 +135,24 @@ class Backbone(Protocol):
         """Write an HF-style directory (config, safetensors weights, tokenizer/processor) that `load` reads;
         `state_dict` replaces the model's own weights in the file (e.g. LoRA merged)."""
         ...
+
+
+def check_sampling(group_size: int, top_k: int | None = None, top_p: float | None = None) -> None:
+    """One-line errors for sampling settings every backbone shares."""
+    if group_size < 1:
+        raise InputError(f"group_size: must be at least 1, got {group_size}")
+    if top_k is not None and top_k < 1:
+        raise InputError(f"top_k: must be at least 1 (or null for none), got {top_k}")
+    if top_p is not None and not 0.0 < top_p <= 1.0:
+        raise InputError(f"top_p: must be in (0, 1] (or null for none), got {top_p}")
+
+
+def rows_per_prompt(prompts: Sequence[str], tokens: torch.Tensor) -> int:
+    """Token rows per prompt for `image_logprobs`: one prompt per row, or per group (prompt-major)."""
+    if not prompts or tokens.shape[0] % len(prompts):
+        raise ValueError(f"{tokens.shape[0]} token rows for {len(prompts)} prompts: give one prompt per row "
+                         "or per group (rows prompt-major, as generate returns them)")
+    return tokens.shape[0] // len(prompts)
 
 
 def image_seed(base: int, prompt_index: int, image_index: int) -> int:

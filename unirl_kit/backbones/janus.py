@@ -22,8 +22,10 @@ from unirl_kit.backbones.base import (
     AnswerScores,
     GenerationBatch,
     Seeds,
+    check_sampling,
     image_seed,
     resolve_seeds,
+    rows_per_prompt,
     to_pil,
     uniform_stream,
 )
@@ -134,7 +136,7 @@ class JanusBackbone:
     # ---- generation ------------------------------------------------------------------------------
     def generate(self, prompts: Sequence[str], group_size: int = 1, seeds: Seeds = 0, cfg_scale: float = 5.0,
                  temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None) -> GenerationBatch:
-        _check_sampling(group_size, top_k, top_p)
+        check_sampling(group_size, top_k, top_p)
         ids = self.prompt_ids(prompts)
         row_seeds = resolve_seeds(seeds, len(prompts), group_size)
         rows = [row for row in ids for _ in range(group_size)]
@@ -154,10 +156,7 @@ class JanusBackbone:
 
     def _token_rows(self, prompts: Sequence[str], tokens: torch.Tensor) -> list[list[int]]:
         """One prompt-id row per token row (a prompt per row, or per group of rows, prompt-major)."""
-        if not prompts or tokens.shape[0] % len(prompts):
-            raise ValueError(f"{tokens.shape[0]} token rows for {len(prompts)} prompts: give one prompt per row "
-                             "or per group (rows prompt-major, as generate returns them)")
-        group = tokens.shape[0] // len(prompts)
+        group = rows_per_prompt(prompts, tokens)
         return [row for row in self.prompt_ids(prompts) for _ in range(group)]
 
     def generation_logits(self, prompts: Sequence[str], tokens: torch.Tensor) -> torch.Tensor:
@@ -266,13 +265,3 @@ class JanusBackbone:
             chunk = tokens[start: start + self.DECODE_CHUNK].to(self.device)
             images += to_pil(self.model.decode_image_tokens(chunk))
         return images
-
-
-def _check_sampling(group_size: int, top_k: int | None, top_p: float | None) -> None:
-    if group_size < 1:
-        raise InputError(f"group_size: must be at least 1, got {group_size}")
-    if top_k is not None and top_k < 1:
-        raise InputError(f"top_k: must be at least 1 (or null for none), got {top_k}")
-    if top_p is not None and not 0.0 < top_p <= 1.0:
-        raise InputError(f"top_p: must be in (0, 1] (or null for none), got {top_p}")
-

@@ -159,22 +159,22 @@ def is_unused(key: str) -> bool:
     return any(t.match(key) for t in _UNUSED)
 
 
+def _rename(key: str, table: list) -> str:
+    for pattern, target in table:
+        found = pattern.match(key)
+        if found:
+            return target.fill(found[0]) + key[found[1]:]
+    return key
+
+
 def rename_2x(key: str) -> str:
     """The mmdet 3.x name of a mmdet 2.x key (unchanged when 2.x and 3.x agree)."""
-    for old, new in _RENAME:
-        found = old.match(key)
-        if found:
-            return new.fill(found[0]) + key[found[1]:]
-    return key
+    return _rename(key, _RENAME)
 
 
 def rename_3x_to_2x(key: str) -> str:
     """The inverse of `rename_2x` (makes 2.x-layout state dicts for tests)."""
-    for new, old in _RENAME_BACK:
-        found = new.match(key)
-        if found:
-            return old.fill(found[0]) + key[found[1]:]
-    return key
+    return _rename(key, _RENAME_BACK)
 
 
 def layout(keys: Iterable[str]) -> str:

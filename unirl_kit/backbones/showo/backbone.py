@@ -28,8 +28,10 @@ from unirl_kit.backbones.base import (
     AnswerScores,
     GenerationBatch,
     Seeds,
+    check_sampling,
     image_seed,
     resolve_seeds,
+    rows_per_prompt,
     to_pil,
     uniform_stream,
 )
@@ -126,25 +128,29 @@ class ShowoBackbone:
     def _text_ids(self, texts: Sequence[str]) -> list[list[int]]:
         return [self.tokenizer(t, add_special_tokens=False).input_ids for t in texts]
 
-    def check_prompts(self, prompts: Sequence[str]) -> None:
-        for i, ids in enumerate(self._text_ids(prompts)):
-            if len(ids) + 1 > self.max_text_len:  # + BOS; the official code would cut the rest silently
-                raise InputError(f"prompt {i} ({prompts[i][:40]!r}...) is {len(ids) + 1} tokens; Show-o reads "
+    def _prompt_ids(self, prompts: Sequence[str]) -> list[list[int]]:
+        """Text ids of generation prompts, checked against Show-o's text budget."""
+        ids = self._text_ids(prompts)
+        for i, row in enumerate(ids):
+            if len(row) + 1 > self.max_text_len:  # + BOS; the official code would cut the rest silently
+                raise InputError(f"prompt {i} ({prompts[i][:40]!r}...) is {len(row) + 1} tokens; Show-o reads "
                                  f"{self.max_text_len} (max_text_len); shorten it")
+        return ids
+
+    def check_prompts(self, prompts: Sequence[str]) -> None:
+        self._prompt_ids(prompts)
 
     def _rows(self, prompts: Sequence[str], group: int, cfg_scale: float) -> tuple[torch.Tensor, torch.Tensor]:
-        ids = [row for row in self._text_ids(prompts) for _ in range(group)]
+        ids = [row for row in self._prompt_ids(prompts) for _ in range(group)]
         rows = t2i_rows(ids, self.special, self.num_image_tokens, self.mask_id, cfg_scale != 1.0, self.max_text_len)
         return rows, t2i_attention_mask(rows, self.special)
 
     # ---- generation ------------------------------------------------------------------------------
     def generate(self, prompts: Sequence[str], group_size: int = 1, seeds: Seeds = 0, cfg_scale: float = 4.0,
                  temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None) -> GenerationBatch:
-        if group_size < 1:
-            raise InputError(f"group_size: must be at least 1, got {group_size}")
+        check_sampling(group_size)
         if top_k is not None or top_p is not None:
             raise InputError("top_k / top_p: not used by Show-o's MaskGIT decoding; leave them null")
-        self.check_prompts(prompts)
         row_seeds = resolve_seeds(seeds, len(prompts), group_size)
         t = self.num_image_tokens
         if not row_seeds:
@@ -156,19 +162,13 @@ class ShowoBackbone:
                                                   self.mask_id, self.timesteps, cfg_scale, temperature, uniforms)
         return GenerationBatch(self.decode_tokens(codes), codes, logprobs, row_seeds, step_of)
 
-    def _groups(self, prompts: Sequence[str], tokens: torch.Tensor) -> int:
-        if not prompts or tokens.shape[0] % len(prompts):
-            raise ValueError(f"{tokens.shape[0]} token rows for {len(prompts)} prompts: give one prompt per row "
-                             "or per group (rows prompt-major, as generate returns them)")
-        return tokens.shape[0] // len(prompts)
-
     def image_logprobs(self, prompts: Sequence[str], tokens: torch.Tensor, cfg_scale: float = 4.0,
                        temperature: float = 1.0, with_entropy: bool = False, trajectory: torch.Tensor | None = None):
         """Per-token log-probs at each token's reveal step (the sampler's numbers), teacher-forced."""
         if trajectory is None:
             raise ValueError("showo: image log-probs are defined over the unmasking steps; pass the trajectory "
                              "that generate returned (GenerationBatch.trajectory)")
-        rows, mask = self._rows(prompts, self._groups(prompts, tokens), cfg_scale)
+        rows, mask = self._rows(prompts, rows_per_prompt(prompts, tokens), cfg_scale)
         return trajectory_logprobs(self.model, rows, mask, tokens, trajectory, self.offset, self.codebook_size,
                                    self.mask_id, cfg_scale, temperature, with_entropy)
 
@@ -176,7 +176,7 @@ class ShowoBackbone:
                           temperature: float = 1.0, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
         """The cheaper estimate (one forward, a random share of the tokens masked, as Show-o trains):
         (log-probs of the masked tokens [N, T], which were masked [N, T]); for comparison only."""
-        rows, mask = self._rows(prompts, self._groups(prompts, tokens), cfg_scale)
+        rows, mask = self._rows(prompts, rows_per_prompt(prompts, tokens), cfg_scale)
         uniforms = uniform_stream([image_seed(seed, i, 0) for i in range(tokens.shape[0])], tokens.shape[1] + 1)
         return one_pass_logprobs(self.model, rows, mask, tokens, self.offset, self.codebook_size, self.mask_id,
                                  cfg_scale, temperature, uniforms)
