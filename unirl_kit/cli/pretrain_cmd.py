@@ -1,4 +1,4 @@
-"""`unirl pretrain`: the embedded default model's recipe (tokenizer, gate, language model)."""
+"""`unirl pretrain`: the embedded default model's recipe (tokenizer, gate, vision tower, language model, export)."""
 
 from __future__ import annotations
 

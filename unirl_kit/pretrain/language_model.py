@@ -40,6 +40,8 @@ class LanguageModelConfig:
     text_layers: int = 4
     vision_hidden: int = 128
     vision_layers: int = 2
+    pretrained_vision: bool = True  # start the tower from the vision stage (recipes before it: False)
+    freeze_vision: bool = True  # keep that tower fixed, as Janus keeps SigLIP in pre-training
     grad_clip: float = 1.0
     bf16: bool = True
     device: str = "cpu"  # the recipe's reference is the CPU; "cuda" trains the same recipe on a GPU
@@ -100,10 +102,11 @@ def understanding_loss(model, tokenizer, pixels: torch.Tensor, questions: list[s
     return F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), lab[:, 1:].reshape(-1), ignore_index=-100)
 
 
-def build_model(cfg: LanguageModelConfig, vq_dir: Path):
-    """A fresh tiny Janus whose VQ is the trained (frozen) tokenizer."""
+def build_model(cfg: LanguageModelConfig, vq_dir: Path, vision_dir: Path | None = None):
+    """A fresh tiny Janus whose VQ is the trained (frozen) tokenizer and, given `vision_dir`, whose
+    understanding tower is the vision stage's."""
     from transformers import JanusForConditionalGeneration
-    from transformers.models.janus.modeling_janus import JanusVQVAE
+    from transformers.models.janus.modeling_janus import JanusVisionModel, JanusVQVAE
 
     vq = JanusVQVAE.from_pretrained(vq_dir)
     config = build.build_config(vq.config.to_dict(), cfg.text_hidden, cfg.text_layers, cfg.vision_hidden,
@@ -111,16 +114,20 @@ def build_model(cfg: LanguageModelConfig, vq_dir: Path):
     model = JanusForConditionalGeneration(config)
     model.model.vqmodel.load_state_dict(vq.state_dict())
     model.model.vqmodel.requires_grad_(False)
+    if vision_dir is not None:
+        model.model.vision_model.load_state_dict(JanusVisionModel.from_pretrained(vision_dir).state_dict())
+        model.model.vision_model.requires_grad_(not cfg.freeze_vision)
     return model
 
 
-def train_language_model(cfg: LanguageModelConfig, vq_dir: Path, out: Path, seed: int = 0):
+def train_language_model(cfg: LanguageModelConfig, vq_dir: Path, out: Path, seed: int = 0,
+                         vision_dir: Path | None = None):
     """Train (or resume) in `out`; returns the model in eval mode."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     device = torch.device(cfg.device)
-    model = build_model(cfg, vq_dir).to(device).train()
+    model = build_model(cfg, vq_dir, vision_dir).to(device).train()
     model.model.vqmodel.eval()
     tokenizer = build.build_tokenizer()
     params = [p for p in model.parameters() if p.requires_grad]

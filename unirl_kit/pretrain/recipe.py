@@ -1,8 +1,9 @@
 """`unirl pretrain`: the tiny-shapes recipe, stage by stage, each resumable.
 
 1. tokenizer: train the VQ on rendered scenes; 2. gate: the tokenizer must pass `tokenizer_gate`
-before anything builds on it; 3. lm: the Janus language model in both directions, on the frozen
-tokenizer; 4. export: the trained model (weights in bf16, under the 20 MB budget), tokenizer and
+before anything builds on it; 3. vision: pre-train the understanding tower on scene labels (as
+Janus's SigLIP is pre-trained apart); 4. lm: the Janus language model in both directions, on the
+frozen tokenizer and tower; 5. export: the trained model (weights in bf16, under the 20 MB budget), tokenizer and
 processor as an HF-style directory (the package ships one at backbones/tiny_shapes/weights/).
 """
 
@@ -17,9 +18,10 @@ from unirl_kit.config import write_run_info
 from unirl_kit.jsonl import write_atomic
 from unirl_kit.pretrain.language_model import LanguageModelConfig
 from unirl_kit.pretrain.tokenizer import TokenizerConfig
+from unirl_kit.pretrain.vision import VisionConfig
 from unirl_kit.types import InputError
 
-STAGES = ("tokenizer", "gate", "lm", "export")
+STAGES = ("tokenizer", "gate", "vision", "lm", "export")
 
 
 @dataclass
@@ -35,6 +37,7 @@ class PretrainConfig:
     stages: list[str] = field(default_factory=lambda: list(STAGES))
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     gate: GateConfig = field(default_factory=GateConfig)
+    vision: VisionConfig = field(default_factory=VisionConfig)
     lm: LanguageModelConfig = field(default_factory=LanguageModelConfig)
     export_dir: str | None = None  # default: OUT/export
 
@@ -66,6 +69,14 @@ def run_pretrain(cfg: PretrainConfig) -> dict:
         if not gate["passed"]:
             raise InputError(f"tokenizer gate failed: {gate['per_tag']} (need >= {cfg.gate.threshold} in every "
                              f"tag); see {tok_dir / 'gate.json'}; train longer (tokenizer.steps=...) and rerun")
+    vision_dir = out / "vision"
+    if "vision" in cfg.stages:
+        from unirl_kit.pretrain.vision import train_vision
+
+        t0 = time.perf_counter()
+        report["vision"] = train_vision(cfg.vision, vision_dir, cfg.lm.vision_hidden, cfg.lm.vision_layers,
+                                        cfg.lm.text_hidden, cfg.seed)
+        report["vision_seconds_this_run"] = round(time.perf_counter() - t0, 1)
     model = tokenizer = None
     if "lm" in cfg.stages:
         from unirl_kit.pretrain.language_model import train_language_model
@@ -73,8 +84,12 @@ def run_pretrain(cfg: PretrainConfig) -> dict:
         gate_file = tok_dir / "gate.json"
         if not gate_file.exists() or not json.loads(gate_file.read_text())["passed"]:
             raise InputError(f"{gate_file}: the tokenizer has not passed its gate; run the gate stage first")
+        if cfg.lm.pretrained_vision and not (vision_dir / "final").is_dir():
+            raise InputError(f"{vision_dir / 'final'}: no pre-trained vision tower; run the vision stage first "
+                             "(or set lm.pretrained_vision=false)")
         t0 = time.perf_counter()
-        model, tokenizer = train_language_model(cfg.lm, tok_dir / "final", out / "lm", cfg.seed)
+        model, tokenizer = train_language_model(cfg.lm, tok_dir / "final", out / "lm", cfg.seed,
+                                                vision_dir / "final" if cfg.lm.pretrained_vision else None)
         report["lm_seconds_this_run"] = round(time.perf_counter() - t0, 1)
     if "export" in cfg.stages:
         from unirl_kit.pretrain.export import export_model

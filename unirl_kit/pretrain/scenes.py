@@ -14,7 +14,7 @@ import torch
 from unirl_kit.prompts.generate import get_world, sample_prompt
 from unirl_kit.prompts.qa import question_answer
 from unirl_kit.types import GENEVAL_TAGS, PromptSpec
-from unirl_kit.worlds.shapes.render import render_scene
+from unirl_kit.worlds.shapes.render import PlacedObject, render_scene
 
 
 def to_pixels(images: list[np.ndarray]) -> torch.Tensor:
@@ -29,14 +29,22 @@ def to_uint8(pixels: torch.Tensor) -> np.ndarray:
 
 def scene_batch(seed: int, step: int, batch_size: int, size: int) -> tuple[torch.Tensor, list[PromptSpec]]:
     """Batch number `step`: prompts cycle over the six tags, each with its question and answer."""
+    pixels, specs, _ = scene_batch_with_objects(seed, step, batch_size, size)
+    return pixels, specs
+
+
+def scene_batch_with_objects(seed: int, step: int, batch_size: int,
+                             size: int) -> tuple[torch.Tensor, list[PromptSpec], list[list[PlacedObject]]]:
+    """`scene_batch` plus the objects each image shows (the labels of the vision stage)."""
     rng = np.random.default_rng([seed, step])
     world = get_world("shapes")
-    images, specs = [], []
+    images, specs, objects = [], [], []
     for i in range(batch_size):
         spec = sample_prompt(GENEVAL_TAGS[(step * batch_size + i) % len(GENEVAL_TAGS)], world, rng)
         q, a = question_answer(spec)
         spec = dataclasses.replace(spec, question=q, answer=a)
-        image, _ = render_scene(spec, rng, size)
+        image, placed = render_scene(spec, rng, size)
         images.append(np.asarray(image))
         specs.append(spec)
-    return to_pixels(images), specs
+        objects.append(placed)
+    return to_pixels(images), specs, objects

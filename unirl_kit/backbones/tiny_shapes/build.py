@@ -64,7 +64,7 @@ def build_tokenizer():
 def build_config(vq: dict[str, Any], text_hidden: int = 256, text_layers: int = 4, vision_hidden: int = 128,
                  vision_layers: int = 2, vocab_size: int | None = None):
     """JanusConfig with the given VQ config (a JanusVQVAEConfig dict) and tiny text/vision towers."""
-    from transformers import JanusConfig, JanusVisionConfig, JanusVQVAEConfig, LlamaConfig
+    from transformers import JanusConfig, JanusVQVAEConfig, LlamaConfig
 
     vocab = vocabulary()
     text = LlamaConfig(
@@ -73,14 +73,21 @@ def build_config(vq: dict[str, Any], text_hidden: int = 256, text_layers: int = 
         max_position_embeddings=512, pad_token_id=vocab.index(PAD), bos_token_id=vocab.index(BOS),
         eos_token_id=vocab.index(EOS), tie_word_embeddings=False,
     )
-    vision = JanusVisionConfig(
+    vision = vision_config(vision_hidden, vision_layers, text_hidden)
+    vq_cfg = JanusVQVAEConfig(**{**vq, "projection_dim": text_hidden, "image_token_embed_dim": text_hidden})
+    return JanusConfig(text_config=text, vision_config=vision, vq_config=vq_cfg,
+                       image_token_id=vocab.index(IMAGE), tie_word_embeddings=False)
+
+
+def vision_config(vision_hidden: int = 128, vision_layers: int = 2, text_hidden: int = 256):
+    """The understanding tower's config; the vision pre-training stage builds the same one."""
+    from transformers import JanusVisionConfig
+
+    return JanusVisionConfig(
         image_size=IMAGE_SIZE, patch_size=VISION_PATCH, hidden_size=vision_hidden,
         intermediate_size=2 * vision_hidden, num_hidden_layers=vision_layers, num_attention_heads=4,
         projection_dim=text_hidden, depth=2, num_image_tokens=NUM_IMAGE_TOKENS,
     )
-    vq_cfg = JanusVQVAEConfig(**{**vq, "projection_dim": text_hidden, "image_token_embed_dim": text_hidden})
-    return JanusConfig(text_config=text, vision_config=vision, vq_config=vq_cfg,
-                       image_token_id=vocab.index(IMAGE), tie_word_embeddings=False)
 
 
 def build_processor(tokenizer=None):
