@@ -1,4 +1,4 @@
-"""Loss curves of the tiny-shapes pre-training (tokenizer and language model) from their log.jsonl files.
+"""Loss curves of the tiny-shapes pre-training (tokenizer, vision tower, language model) from their log.jsonl files.
 
 python benchmarks/pretrain_curves.py [--run artifacts/pretrain/tiny_shapes] [--out docs/figures/pretrain_curves.png]
 """
@@ -23,13 +23,17 @@ def main() -> None:
     from matplotlib.figure import Figure
 
     tok, lm = _rows(args.run / "tokenizer" / "log.jsonl"), _rows(args.run / "lm" / "log.jsonl")
-    fig = Figure(figsize=(10, 3.6), dpi=100)
+    vision = _rows(args.run / "vision" / "log.jsonl")
+    fig = Figure(figsize=(14, 3.6), dpi=100)
     FigureCanvasAgg(fig)
-    left, right = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    left, middle, right = (fig.add_subplot(1, 3, i) for i in (1, 2, 3))
     for key in [k for k in (tok[0] if tok else {}) if k not in ("step", "lr", "elapsed_s", "grad_norm")]:
         left.plot([r["step"] for r in tok], [r[key] for r in tok], label=key, lw=1)
     left.set(title="image tokenizer (VQ)", xlabel="step", yscale="log")
     left.legend(fontsize=7)
+    middle.plot([r["step"] for r in vision], [r["loss"] for r in vision], label="object shape CE", lw=1)
+    middle.set(title="vision tower (nats/object)", xlabel="step", yscale="log")
+    middle.legend(fontsize=7)
     for key in ("gen_loss", "und_loss"):
         if lm and key in lm[0]:
             right.plot([r["step"] for r in lm], [r[key] for r in lm], label=key, lw=1)
@@ -38,7 +42,7 @@ def main() -> None:
     fig.tight_layout()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(args.out, metadata={"Software": None})
-    print(f"wrote {args.out} ({len(tok)} tokenizer and {len(lm)} language-model log rows)")
+    print(f"wrote {args.out} ({len(tok)} tokenizer, {len(vision)} vision and {len(lm)} language-model log rows)")
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from unirl_kit.pretrain.scenes import scene_batch, scene_batch_with_objects
 from unirl_kit.pretrain.tokenizer import TokenizerConfig, build_vq
 from unirl_kit.pretrain.vision import VisionConfig, object_targets, train_vision
 from unirl_kit.worlds.shapes.render import PlacedObject
-from unirl_kit.worlds.shapes.vocab import SHAPES
+from unirl_kit.worlds.shapes.vocab import COLORS, SHAPES
 
 TINY = {"vision_hidden": 32, "vision_layers": 1, "text_hidden": 64}
 
@@ -20,8 +20,9 @@ def test_object_targets_weigh_the_patches_each_object_covers():
     from unirl_kit.backbones.tiny_shapes import build
 
     scene = [PlacedObject("square", "red", (0, 0, 8, 8), 0), PlacedObject("circle", "blue", (20, 4, 37, 21), 1)]
-    index, weights, labels = object_targets([[], scene], 64)
+    index, weights, labels, colors = object_targets([[], scene], 64)
     assert index.tolist() == [1, 1] and labels.tolist() == [SHAPES.index("square"), SHAPES.index("circle")]
+    assert colors.tolist() == [COLORS.index("red"), COLORS.index("blue")]
     assert weights.shape == (2, (64 // build.VISION_PATCH) ** 2)
     assert torch.allclose(weights.sum(1), torch.ones(2))
     assert weights[0, 0] == 1  # an 8x8 square in the top-left patch: all its pixels there
@@ -49,6 +50,7 @@ def test_vision_resume_is_exact_and_the_tower_is_saved(tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     rows = [json.loads(x) for x in (tmp_path / "b/log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    assert 0 <= metrics["color_accuracy"] <= 1
     assert set(metrics["shape_accuracy_per_tag"]) <= {"single_object", "two_object", "counting", "colors",
                                                           "position", "color_attr"}
     assert json.loads((tmp_path / "b/metrics.json").read_text()) == metrics
