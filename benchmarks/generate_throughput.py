@@ -3,6 +3,8 @@
 
 Both sample with CFG 5 and temperature 1, every group of every prompt in one batch (transformers:
 `num_return_sequences=K`). Timed: token sampling only (the VQ decode after it costs both the same).
+Wall-clock is the headline; the process CPU-time ratio is printed too, as on a loaded machine (a job
+beside the benchmark) it is far less noisy than wall-clock (meaningful on the CPU only).
 Models: the tiny-shapes architecture (width 256, 4 layers, 256 image tokens, codebook 512) and a
 mid-size Janus (width 512, 8 layers, 576 image tokens, codebook 16,384), both random; `--size gpu`
 builds the Janus-Pro-1B shape (DeepSeek-LLM 1.5B text model, 576 tokens) with random weights on the
@@ -52,7 +54,17 @@ def _build(kind: str, device: str, dtype: str):
     return model, build_processor()  # the word-level tokenizer's ids are valid in any larger vocabulary
 
 
-def _time_ours(model, processor, prompts: list[str], group: int) -> float:
+def _clock() -> tuple[float, float]:
+    return time.perf_counter(), time.process_time()
+
+
+def _since(start: tuple[float, float]) -> tuple[float, float]:
+    """(wall seconds, process CPU seconds) since `start`."""
+    wall, cpu = _clock()
+    return wall - start[0], cpu - start[1]
+
+
+def _time_ours(model, processor, prompts: list[str], group: int) -> tuple[float, float]:
     import torch
 
     from unirl_kit.backbones.base import resolve_seeds, uniform_stream
@@ -62,15 +74,15 @@ def _time_ours(model, processor, prompts: list[str], group: int) -> float:
     special = SpecialIds(tok.bos_token_id, tok.convert_tokens_to_ids(tok.boi_token), tok.pad_token_id)
     rows = [tok(p + tok.boi_token).input_ids for p in prompts for _ in range(group)]
     n_tokens = model.config.vision_config.num_image_tokens
-    t0 = time.perf_counter()
+    t0 = _clock()
     uniforms = uniform_stream(resolve_seeds(0, len(prompts), group), n_tokens)
     tokens, _ = sample_image_tokens(model, rows, special, n_tokens, CFG, 1.0, uniforms)
-    seconds = time.perf_counter() - t0
+    seconds = _since(t0)
     assert tokens.shape == (len(rows), n_tokens) and tokens.dtype == torch.long
     return seconds
 
 
-def _time_transformers(model, processor, prompts: list[str], group: int) -> float:
+def _time_transformers(model, processor, prompts: list[str], group: int) -> tuple[float, float]:
     from transformers import GenerationConfig
 
     tok = processor.tokenizer
@@ -78,9 +90,9 @@ def _time_transformers(model, processor, prompts: list[str], group: int) -> floa
     config = GenerationConfig(do_sample=True, temperature=1.0, guidance_scale=CFG, num_return_sequences=group,
                               bos_token_id=tok.bos_token_id, pad_token_id=tok.pad_token_id,
                               generation_kwargs={"boi_token_id": tok.convert_tokens_to_ids(tok.boi_token)})
-    t0 = time.perf_counter()
+    t0 = _clock()
     tokens = model.generate(**enc, generation_mode="image", generation_config=config).cpu()  # waits for the GPU
-    seconds = time.perf_counter() - t0
+    seconds = _since(t0)
     assert tokens.shape[0] == len(prompts) * group
     return seconds
 
@@ -107,15 +119,18 @@ def main() -> None:
         model, processor = models[kind]
         prompts = PROMPTS[:n_prompts]
         best = {"ours": float("inf"), "transformers": float("inf")}
+        cpu = dict(best)
         with torch.no_grad():
             for _ in range(repeats):
-                best["transformers"] = min(best["transformers"], _time_transformers(model, processor, prompts, group))
-                best["ours"] = min(best["ours"], _time_ours(model, processor, prompts, group))
+                for name, timer in (("transformers", _time_transformers), ("ours", _time_ours)):
+                    wall, seconds = timer(model, processor, prompts, group)
+                    best[name], cpu[name] = min(best[name], wall), min(cpu[name], seconds)
         images = n_prompts * group
         case = {"model": kind, "image_tokens": model.config.vision_config.num_image_tokens,
                 "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 1), "images": images,
                 "ours_images_per_s": images / best["ours"], "transformers_images_per_s": images / best["transformers"],
-                "ratio": best["transformers"] / best["ours"]}
+                "ratio": best["transformers"] / best["ours"], "ours_cpu_seconds": cpu["ours"],
+                "transformers_cpu_seconds": cpu["transformers"], "cpu_ratio": cpu["transformers"] / cpu["ours"]}
         if args.bandwidth_gbs:  # every decode step reads every weight at least once
             weight_bytes = sum(p.numel() * p.element_size() for p in model.model.language_model.parameters())
             bound = weight_bytes * case["image_tokens"] / (args.bandwidth_gbs * 1e9)
@@ -124,7 +139,7 @@ def main() -> None:
         report["cases"].append(case)
         print(f"{kind} ({case['params_m']}M params, {case['image_tokens']} tokens), batch {n_prompts}x{group}: "
               f"ours {case['ours_images_per_s']:.3f} images/s, transformers {case['transformers_images_per_s']:.3f} "
-              f"images/s, ratio {case['ratio']:.2f}x"
+              f"images/s, ratio {case['ratio']:.2f}x (CPU time {case['cpu_ratio']:.2f}x)"
               + (f"; bandwidth bound {case['bound_seconds_per_batch']:.2f}s per batch = "
                  f"{case['bound_fraction']:.0%} of ours" if "bound_fraction" in case else ""), flush=True)
     report["load_average_at_end"] = os.getloadavg()[0]

@@ -3,7 +3,9 @@ seed independence, understanding, the image tokenizer, save/load and bad-input e
 
 from __future__ import annotations
 
+import copy
 import shutil
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -11,9 +13,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from unirl_kit.backbones.base import AnswerScores, Backbone, image_seed, resolve_seeds
+from unirl_kit.backbones.base import AnswerScores, Backbone, image_seed, resolve_seeds, uniform_stream
 from unirl_kit.backbones.janus import JanusBackbone
-from unirl_kit.backbones.janus_sampler import pick_tokens
+from unirl_kit.backbones.janus_decode import supports_lean_decode
+from unirl_kit.backbones.janus_sampler import pick_tokens, sample_image_tokens
 from unirl_kit.registry import UnknownPluginError, registry
 from unirl_kit.types import InputError
 
@@ -84,6 +87,36 @@ def test_logprobs_without_guidance_are_differentiable(tiny_janus):
         assert grad is not None and grad.abs().sum() > 0
     finally:
         b.model.zero_grad(set_to_none=True)
+
+
+def _with_kv_heads(model, kv_heads: int):
+    """A random Janus like `model` whose text model has `kv_heads` key/value heads (GQA when fewer)."""
+    from transformers import JanusForConditionalGeneration
+
+    config = copy.deepcopy(model.config)
+    config.text_config.num_key_value_heads = kv_heads
+    torch.manual_seed(1)
+    return JanusForConditionalGeneration(config).eval()
+
+
+@pytest.mark.parametrize("kv_heads", [4, 2])
+def test_lean_decode_step_equals_the_full_forward(tiny_janus, kv_heads):
+    """The default lean per-token step gives the full forward's tokens and log-probs: left-padded prompts of
+    different lengths, with CFG (and without: no padding), with and without GQA."""
+    b = tiny_janus
+    model = b.model if kv_heads == 4 else _with_kv_heads(b.model, kv_heads)
+    assert supports_lean_decode(model)
+    assert not supports_lean_decode(SimpleNamespace(config=SimpleNamespace(text_config=SimpleNamespace(
+        model_type="qwen2"))))
+    cases = [(b.prompt_ids(PROMPTS), 3.0), (b.prompt_ids(PROMPTS[:1]) * 2, 1.0)]
+    for rows, cfg in cases:
+        u = uniform_stream(resolve_seeds(5, len(rows), 1), 40)
+        lean = sample_image_tokens(model, rows, b.special, 40, cfg, 1.0, u, top_k=100)
+        full = sample_image_tokens(model, rows, b.special, 40, cfg, 1.0, u, top_k=100, lean=False)
+        assert torch.equal(lean[0], full[0])
+        torch.testing.assert_close(lean[1], full[1], atol=1e-5, rtol=0)
+        greedy = sample_image_tokens(model, rows, b.special, 40, cfg, 0.0, None)
+        assert torch.equal(greedy[0], sample_image_tokens(model, rows, b.special, 40, cfg, 0.0, None, lean=False)[0])
 
 
 def test_pick_tokens_respects_top_k_top_p_and_the_distribution():

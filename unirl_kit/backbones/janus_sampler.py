@@ -4,8 +4,10 @@ Why our own loop instead of `model.generate(generation_mode="image")`: every gro
 sampled in one batch with its conditional and unconditional rows together; the KV cache is written
 into buffers allocated once and attention reads only the filled part (the library's static cache
 attends over its whole length and rebuilds a full-length mask every step); each image draws from its
-own uniform stream, so batch size and rank never change an image; and the log-probs of the sampled
-tokens are recorded on the way (see `backbones/base.py` for their definition).
+own uniform stream, so batch size and rank never change an image; the log-probs of the sampled
+tokens are recorded on the way (see `backbones/base.py` for their definition); and for Llama text
+models each one-token step runs `janus_decode.LeanDecoder` instead of the full forward, whose Python
+overhead per step dominates small models.
 
 Rows: conditional rows are the prompt ids ([BOS] ... [BOI]); unconditional rows keep BOS and BOI and
 replace every other token by PAD, as Janus and `generate()` build them. Rows are left-padded; the
@@ -15,11 +17,13 @@ the batch) does not change the result. With cfg_scale == 1 no unconditional rows
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 from transformers.cache_utils import Cache, DynamicLayer
+
+from unirl_kit.backbones.janus_decode import LeanDecoder, supports_lean_decode
 
 
 @dataclass(frozen=True)
@@ -129,8 +133,12 @@ def pick_tokens(scores: torch.Tensor, uniforms: torch.Tensor | None, top_k: int 
 @torch.no_grad()
 def sample_image_tokens(model, prompt_ids: Sequence[Sequence[int]], special: SpecialIds, num_tokens: int,
                         cfg_scale: float, temperature: float, uniforms: torch.Tensor | None,
-                        top_k: int | None = None, top_p: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Tokens [N, T] and their log-probs [N, T] for one row per image; `uniforms` [N, T] (None: greedy)."""
+                        top_k: int | None = None, top_p: float | None = None,
+                        lean: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Tokens [N, T] and their log-probs [N, T] for one row per image; `uniforms` [N, T] (None: greedy).
+
+    lean: per-token steps by `LeanDecoder` where the text model supports it (the prefill always runs the
+    full forward); False runs the full forward every step (the reference the lean step is tested against)."""
     device = model.device
     rows = guidance_rows(prompt_ids, special, cfg_scale, device)
     n, (r, width) = rows.n, rows.ids.shape
@@ -142,6 +150,7 @@ def sample_image_tokens(model, prompt_ids: Sequence[Sequence[int]], special: Spe
     embeds = model.get_input_embeddings()(rows.ids)
     hidden = lm(inputs_embeds=embeds, attention_mask=rows.mask, position_ids=rows.positions, cache=cache,
                 use_cache=True).last_hidden_state[:, -1]
+    step = _decode_step(model, cache, mask, next_pos, lean)
     tokens = torch.empty(n, num_tokens, dtype=torch.long, device=device)
     logprobs = torch.empty(n, num_tokens, dtype=torch.float32, device=device)
     uniforms = None if uniforms is None else uniforms.to(device)
@@ -152,11 +161,26 @@ def sample_image_tokens(model, prompt_ids: Sequence[Sequence[int]], special: Spe
         logprobs[:, t] = scores.log_softmax(-1).gather(-1, tok[:, None]).squeeze(-1)
         if t + 1 == num_tokens:
             break
-        step_embeds = model.prepare_embeddings_for_image_generation(tok.repeat(r // n)[:, None])
-        step_mask = None if mask is None else mask[:, : width + t + 1]
-        hidden = lm(inputs_embeds=step_embeds, attention_mask=step_mask, position_ids=next_pos + t, cache=cache,
-                    use_cache=True).last_hidden_state[:, -1]
+        hidden = step(model.prepare_embeddings_for_image_generation(tok.repeat(r // n)), t)
     return tokens.cpu(), logprobs.cpu()
+
+
+def _decode_step(model, cache: Cache, mask: torch.Tensor | None, next_pos: torch.Tensor,
+                 lean: bool) -> Callable[[torch.Tensor, int], torch.Tensor]:
+    """step(embeds [R, hidden], t) -> final hidden states [R, hidden] of image token t + 1, appended to
+    `cache` after the prefill; `mask` [R, prefill + T] (None: no padding)."""
+    lm = model.model.language_model
+    width = cache.layers[0].get_seq_length()
+    if lean and supports_lean_decode(model):
+        decoder = LeanDecoder(lm, [(layer.k_buf, layer.v_buf) for layer in cache.layers], mask, width)
+        return lambda embeds, t: decoder(embeds, next_pos + t)
+
+    def full(embeds: torch.Tensor, t: int) -> torch.Tensor:
+        step_mask = None if mask is None else mask[:, : width + t + 1]
+        return lm(inputs_embeds=embeds[:, None], attention_mask=step_mask, position_ids=next_pos + t, cache=cache,
+                  use_cache=True).last_hidden_state[:, -1]
+
+    return full
 
 
 def teacher_forced_logits(model, prompt_ids: Sequence[Sequence[int]], tokens: torch.Tensor,
