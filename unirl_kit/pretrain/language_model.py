@@ -20,9 +20,9 @@ import torch
 import torch.nn.functional as F
 
 from unirl_kit.backbones.tiny_shapes import build
-from unirl_kit.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from unirl_kit.checkpoint import save_checkpoint
 from unirl_kit.pretrain.scenes import scene_batch
-from unirl_kit.pretrain.tokenizer import open_log
+from unirl_kit.pretrain.tokenizer import open_log, resume
 from unirl_kit.schedules import warmup_cosine
 
 
@@ -132,12 +132,7 @@ def train_language_model(cfg: LanguageModelConfig, vq_dir: Path, out: Path, seed
     tokenizer = build.build_tokenizer()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.98), weight_decay=cfg.weight_decay)
-    start = 0
-    ckpt = latest_checkpoint(out / "checkpoints")
-    if ckpt is not None:
-        state = load_checkpoint(ckpt, model)
-        opt.load_state_dict(state["optimizer"])
-        start = state["step"]
+    start, _ = resume(out, model, opt)
     log = open_log(out / "log.jsonl", start)
     t0 = time.perf_counter()
     for step in range(start, cfg.steps):

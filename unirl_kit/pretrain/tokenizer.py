@@ -46,6 +46,16 @@ class TokenizerConfig:
     log_every: int = 25
 
 
+def resume(out: Path, model: torch.nn.Module, opt: torch.optim.Optimizer) -> tuple[int, dict]:
+    """Load the stage's latest checkpoint (weights and optimizer) if any: (step to start at, saved state)."""
+    ckpt = latest_checkpoint(Path(out) / "checkpoints")
+    if ckpt is None:
+        return 0, {}
+    state = load_checkpoint(ckpt, model)
+    opt.load_state_dict(state["optimizer"])
+    return state["step"], state
+
+
 def open_log(path: Path, resume_step: int):
     """The metrics log, cut back to the checkpoint being resumed (later rows would repeat)."""
     if path.exists():
@@ -110,12 +120,9 @@ def train_tokenizer(cfg: TokenizerConfig, out: Path, seed: int = 0) -> torch.nn.
     vq = build_vq(cfg).train()
     opt = torch.optim.AdamW(vq.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=0.0)
     usage = torch.zeros(cfg.codebook_size)
-    start = 0
-    ckpt = latest_checkpoint(out / "checkpoints")
-    if ckpt is not None:
-        state = load_checkpoint(ckpt, vq)
-        opt.load_state_dict(state["optimizer"])
-        usage, start = state["usage"], state["step"]
+    start, state = resume(out, vq, opt)
+    if state:
+        usage = state["usage"]
     out.mkdir(parents=True, exist_ok=True)
     log = open_log(out / "log.jsonl", start)
     t0 = time.perf_counter()

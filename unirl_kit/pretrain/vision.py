@@ -28,10 +28,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from unirl_kit.backbones.tiny_shapes import build
-from unirl_kit.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from unirl_kit.checkpoint import save_checkpoint
 from unirl_kit.jsonl import write_atomic
 from unirl_kit.pretrain.scenes import scene_batch_with_objects
-from unirl_kit.pretrain.tokenizer import open_log
+from unirl_kit.pretrain.tokenizer import open_log, resume
 from unirl_kit.schedules import warmup_cosine
 from unirl_kit.worlds.shapes.render import PlacedObject, place_mask
 from unirl_kit.worlds.shapes.vocab import COLORS, SHAPES
@@ -111,12 +111,7 @@ def train_vision(cfg: VisionConfig, out: Path, vision_hidden: int, vision_layers
     device = torch.device(cfg.device)
     net = VisionPretrainer(vision_hidden, vision_layers, text_hidden).to(device).train()
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, betas=(0.9, 0.98), weight_decay=cfg.weight_decay)
-    start = 0
-    ckpt = latest_checkpoint(out / "checkpoints")
-    if ckpt is not None:
-        state = load_checkpoint(ckpt, net)
-        opt.load_state_dict(state["optimizer"])
-        start = state["step"]
+    start, _ = resume(out, net, opt)
     log = open_log(out / "log.jsonl", start)
     t0 = time.perf_counter()
     for step in range(start, cfg.steps):
