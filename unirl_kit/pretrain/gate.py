@@ -26,8 +26,11 @@ GATE_SEED = 7_777_777  # never a training seed: training batches draw from (seed
 
 @torch.no_grad()
 def tokenizer_gate(vq, image_size: int, per_tag: int = 100, threshold: float = 0.95,
-                   batch_size: int = 50) -> dict:
-    """Per-tag agreement of the detector on reconstructions, and whether the gate passes."""
+                   batch_size: int = 50, align: int = 1, retokenize=None) -> dict:
+    """Per-tag agreement of the detector on reconstructions, and whether the gate passes.
+
+    `align` draws the scenes on that pixel grid and `retokenize(pixels, tokens) -> tokens` replaces
+    the encoder's tokens before decoding: together they check the language model's canonical targets."""
     world, rules, colors = get_world("shapes"), RuleOptions(), ShapesColorClassifier()
     scores: dict[str, float] = {}
     exact: dict[str, float] = {}
@@ -36,7 +39,7 @@ def tokenizer_gate(vq, image_size: int, per_tag: int = 100, threshold: float = 0
         specs, images, truths = [], [], []
         for _ in range(per_tag):
             spec = sample_prompt(tag, world, rng)
-            image, objects = render_scene(spec, rng, image_size)
+            image, objects = render_scene(spec, rng, image_size, align=align)
             specs.append(spec)
             images.append(np.asarray(image))
             truths.append(sorted((o.cls, o.color) for o in objects))
@@ -44,6 +47,8 @@ def tokenizer_gate(vq, image_size: int, per_tag: int = 100, threshold: float = 0
         for start in range(0, per_tag, batch_size):
             pixels = to_pixels(images[start:start + batch_size])
             tokens = vq.encode(pixels).image_tokens.view(pixels.shape[0], -1)
+            if retokenize is not None:
+                tokens = retokenize(pixels, tokens)
             recon = to_uint8(vq.decode(tokens))
             for j, rec in enumerate(recon):
                 spec, truth = specs[start + j], truths[start + j]

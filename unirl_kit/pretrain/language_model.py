@@ -21,6 +21,8 @@ import torch.nn.functional as F
 
 from unirl_kit.backbones.tiny_shapes import build
 from unirl_kit.checkpoint import save_checkpoint
+from unirl_kit.pretrain.canonical import build_canonical_codes, canonical_tokens
+from unirl_kit.pretrain.gate import tokenizer_gate
 from unirl_kit.pretrain.scenes import scene_batch
 from unirl_kit.pretrain.tokenizer import open_log, resume
 from unirl_kit.schedules import warmup_cosine
@@ -36,6 +38,9 @@ class LanguageModelConfig:
     weight_decay: float = 0.01
     cfg_dropout: float = 0.1  # share of generation prompts trained unconditionally
     caption_share: float = 0.2  # share of understanding examples asking for a caption
+    canonical_margin: int = -1  # -1: the encoder's own tokens as targets (v1-v3); >= 0: local ones (v4: 2)
+    canonical_batches: int = 80  # x 32 scenes that the local-code table is built from
+    gen_align: int = 1  # generation scenes' objects on this pixel grid (4 = the tokenizer's; v4); 1 = anywhere
     text_hidden: int = 256
     text_layers: int = 4
     vision_hidden: int = 128
@@ -120,6 +125,23 @@ def build_model(cfg: LanguageModelConfig, vq_dir: Path, vision_dir: Path | None 
     return model
 
 
+def _canonical_table(vq_dir: Path, cfg: LanguageModelConfig, out: Path, seed: int) -> dict[bytes, int]:
+    """The local-code table (rebuilt on resume: it is deterministic) and, once, its gate in canonical.json.
+    The tokenizer is loaded on its own (on the CPU, with its own 16x16 grid: inside the Janus model
+    its grid follows the vision tower's)."""
+    from transformers.models.janus.modeling_janus import JanusVQVAE
+
+    vq = JanusVQVAE.from_pretrained(vq_dir).eval()
+    table = build_canonical_codes(vq, seed, cfg.gen_align, cfg.canonical_margin, cfg.canonical_batches)
+    report = out / "canonical.json"
+    if not report.exists():
+        gate = tokenizer_gate(vq, build.IMAGE_SIZE, per_tag=50, align=cfg.gen_align,
+                              retokenize=lambda px, tok: canonical_tokens(table, px, tok, cfg.canonical_margin)[0])
+        report.write_text(json.dumps({"windows": len(table), "margin": cfg.canonical_margin,
+                                      "align": cfg.gen_align, "gate": gate}, indent=2) + "\n")
+    return table
+
+
 def train_language_model(cfg: LanguageModelConfig, vq_dir: Path, out: Path, seed: int = 0,
                          vision_dir: Path | None = None):
     """Train (or resume) in `out`; returns the model in eval mode."""
@@ -133,15 +155,19 @@ def train_language_model(cfg: LanguageModelConfig, vq_dir: Path, out: Path, seed
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.98), weight_decay=cfg.weight_decay)
     start, _ = resume(out, model, opt)
+    table = _canonical_table(vq_dir, cfg, out, seed) if cfg.canonical_margin >= 0 else None
     log = open_log(out / "log.jsonl", start)
     t0 = time.perf_counter()
     for step in range(start, cfg.steps):
         rng = np.random.default_rng([seed, 1, step])
-        gen_pixels, gen_specs = scene_batch(seed + 1_000, step, cfg.gen_batch, build.IMAGE_SIZE)
+        gen_pixels, gen_specs = scene_batch(seed + 1_000, step, cfg.gen_batch, build.IMAGE_SIZE, cfg.gen_align)
         und_pixels, und_specs = scene_batch(seed + 2_000, step, cfg.und_batch, build.IMAGE_SIZE)
         gen_pixels, und_pixels = gen_pixels.to(device), und_pixels.to(device)
         with torch.no_grad():
             image_tokens = model.model.vqmodel.encode(gen_pixels).image_tokens.view(cfg.gen_batch, -1)
+        if table is not None:
+            image_tokens, _ = canonical_tokens(table, gen_pixels.cpu(), image_tokens.cpu(), cfg.canonical_margin)
+            image_tokens = image_tokens.to(device)
         uncond = torch.from_numpy(rng.random(cfg.gen_batch) < cfg.cfg_dropout)  # .tolist() only: stays on CPU
         captions = rng.random(cfg.und_batch) < cfg.caption_share
         questions = [build.CAPTION_QUESTION if c else s.question for s, c in zip(und_specs, captions, strict=True)]
