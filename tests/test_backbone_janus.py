@@ -15,7 +15,7 @@ from PIL import Image
 
 from unirl_kit.backbones.base import AnswerScores, Backbone, image_seed, resolve_seeds, uniform_stream
 from unirl_kit.backbones.janus import JanusBackbone
-from unirl_kit.backbones.janus_decode import supports_lean_decode
+from unirl_kit.backbones.janus_decode import attend, supports_lean_decode
 from unirl_kit.backbones.janus_sampler import pick_tokens, sample_image_tokens
 from unirl_kit.registry import UnknownPluginError, registry
 from unirl_kit.types import InputError
@@ -117,6 +117,22 @@ def test_lean_decode_step_equals_the_full_forward(tiny_janus, kv_heads):
         torch.testing.assert_close(lean[1], full[1], atol=1e-5, rtol=0)
         greedy = sample_image_tokens(model, rows, b.special, 40, cfg, 0.0, None)
         assert torch.equal(greedy[0], sample_image_tokens(model, rows, b.special, 40, cfg, 0.0, None, lean=False)[0])
+
+
+@pytest.mark.parametrize("groups", [1, 2])
+def test_decode_attention_equals_sdpa(groups):
+    """The lean step's attention (one query over a prefix of the cache buffers, additive padding mask)
+    equals SDPA's, with and without a mask and with GQA."""
+    gen = torch.Generator().manual_seed(0)
+    r, kv, d, t, capacity = 6, 2, 16, 37, 50
+    q = torch.randn(r, kv, groups, d, generator=gen)
+    k, v = (torch.randn(r, kv, capacity, d, generator=gen) for _ in range(2))
+    keep = torch.ones(r, capacity, dtype=torch.bool)
+    keep[:3, :5] = False  # left padding of three rows
+    bias = torch.zeros(r, 1, capacity).masked_fill(~keep[:, None], -torch.inf)
+    for mask, add in ((None, None), (keep[:, None, None, :t], bias[..., :t])):
+        ref = F.scaled_dot_product_attention(q, k[:, :, :t], v[:, :, :t], attn_mask=mask, scale=0.3)
+        torch.testing.assert_close(attend(q, k[:, :, :t], v[:, :, :t], add, 0.3), ref, atol=1e-5, rtol=0)
 
 
 def test_pick_tokens_respects_top_k_top_p_and_the_distribution():

@@ -4,7 +4,7 @@ Why: one call of transformers' `LlamaModel.forward` for a single new token spend
 Python (mask creation, decorators, output capture, per-layer module calls with keyword arguments); for
 small models that is several times the cost of the matmuls. This step runs each decoder layer straight
 from its submodules' weights, with the operations of the full forward in the same order and dtypes
-(RMSNorm, projections, rotary, SDPA over the filled KV prefix, gated MLP, final norm), so results
+(RMSNorm, projections, rotary, attention over the filled KV prefix, gated MLP, final norm), so results
 match it to rounding. Only the q/k/v and gate/up weights are concatenated (once per sampling call),
 which turns five matmuls per layer into two; that costs a temporary copy of those weights.
 
@@ -109,14 +109,16 @@ class LeanDecoder:
         self.norm, self.eps = lm.norm.weight, lm.norm.variance_epsilon
         self.heads, self.kv_heads = cfg.num_attention_heads, cfg.num_key_value_heads
         self.scaling = lm.layers[0].self_attn.scaling
-        self.keep = None if mask is None else mask.bool()[:, None, None, :]  # [R, 1, 1, capacity]
+        dtype = lm.norm.weight.dtype  # additive: 0 on real tokens, -inf on left padding; [R, 1, capacity]
+        self.bias = None if mask is None else torch.zeros(
+            mask.shape[0], 1, mask.shape[1], dtype=dtype, device=mask.device).masked_fill(mask[:, None] == 0, -torch.inf)
         self.length = length
 
     def __call__(self, embeds: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """Final-norm hidden states [R, hidden] of `embeds` [R, hidden] at `positions` [R, 1]."""
         cos, sin = self.rotary(embeds, positions)  # [R, 1, D], once for every layer
         end = self.length + 1
-        mask = None if self.keep is None else self.keep[..., :end]
+        mask = None if self.bias is None else self.bias[..., :end]
         h = embeds
         for w, k_buf, v_buf in self.layers:
             h = h + self._attention(rms_norm(h, w.norm1, w.eps1), w, k_buf, v_buf, cos, sin, mask)
@@ -138,6 +140,20 @@ class LeanDecoder:
         v_buf.select(2, self.length).copy_(qkv[:, h + kv:])
         end = self.length + 1
         q = qk[:, :h].view(r, kv, h // kv, -1)
-        out = F.scaled_dot_product_attention(q, k_buf.narrow(2, 0, end), v_buf.narrow(2, 0, end),
-                                             attn_mask=mask, scale=self.scaling)
+        out = attend(q, k_buf.narrow(2, 0, end), v_buf.narrow(2, 0, end), mask, self.scaling)
         return F.linear(out.reshape(r, -1), w.o, w.o_bias)
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None,
+           scale: float) -> torch.Tensor:
+    """softmax(q k^T * scale + bias) v for one query position: q [R, kv, g, D] (g query heads per kv head),
+    k and v [R, kv, T, D] (a prefix of the cache buffers), bias [R, 1, T] additive (-inf on padding) or None;
+    returns [R, kv, g, D]. Equals SDPA to ~1e-6 (tested) and is faster on the CPU: SDPA runs q k^T as one
+    tiny GEMM per head (~5 GB/s of keys), while k @ q^T is a GEMV over contiguous key rows (~12 GB/s), and
+    the additive mask is built once per sampling call instead of converted from a boolean every step."""
+    r, kv, g, d = q.shape
+    t = k.shape[2]
+    scores = torch.bmm(k.reshape(r * kv, t, d), q.reshape(r * kv, g, d).transpose(1, 2)).view(r, kv, t, g)
+    scores = scores * scale if bias is None else torch.add(bias[:, :, :, None], scores, alpha=scale)
+    probs = scores.softmax(2).view(r * kv, t, g).transpose(1, 2)  # over T
+    return torch.bmm(probs, v.reshape(r * kv, t, d)).view(r, kv, g, d)
