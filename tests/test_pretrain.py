@@ -104,6 +104,10 @@ def test_generation_loss_matches_the_models_own_teacher_forcing(tiny_lm):
         both = generation_loss(model.eval(), tok, prompts, tokens, torch.tensor([False, False]))
         each = [generation_loss(model, tok, [p], tokens[i:i + 1], torch.tensor([False])) for i, p in enumerate(prompts)]
     assert torch.allclose(both, torch.stack(each).mean(), atol=1e-5)
+    with torch.no_grad():
+        per_image = generation_loss(model, tok, prompts, tokens, torch.tensor([False, False]), per_image=True)
+    assert per_image.shape == (2,)
+    assert torch.allclose(per_image, torch.stack(each) * build.NUM_IMAGE_TOKENS, rtol=1e-5)
 
 
 def test_understanding_loss_only_scores_the_answer(tiny_lm):

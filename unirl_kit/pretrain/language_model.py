@@ -69,8 +69,9 @@ def _left_pad(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tens
 
 
 def generation_loss(model, tokenizer, prompts: list[str], image_tokens: torch.Tensor,
-                    uncond: torch.Tensor) -> torch.Tensor:
-    """Mean next-token cross-entropy of the image tokens given the (possibly dropped) prompt."""
+                    uncond: torch.Tensor, per_image: bool = False) -> torch.Tensor:
+    """Mean next-token cross-entropy of the image tokens given the (possibly dropped) prompt, or with
+    `per_image` each image's summed negative log-likelihood (what `benchmarks/prompt_binding.py` reads)."""
     vocab = tokenizer.get_vocab()
     bos, boi, pad = vocab[build.BOS], vocab[build.BOI], vocab[build.PAD]
     rows = []
@@ -85,7 +86,8 @@ def generation_loss(model, tokenizer, prompts: list[str], image_tokens: torch.Te
     positions = (attn.cumsum(1) - 1).clamp(min=0)
     hidden = model.model.language_model(inputs_embeds=embeds, attention_mask=attn, position_ids=positions).last_hidden_state
     logits = model.model.generation_head(hidden[:, ids.shape[1] - 1:])
-    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), image_tokens.reshape(-1))
+    nll = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), image_tokens.reshape(-1), reduction="none")
+    return nll.view(image_tokens.shape).sum(1) if per_image else nll.mean()
 
 
 def understanding_loss(model, tokenizer, pixels: torch.Tensor, questions: list[str], answers: list[str]) -> torch.Tensor:
