@@ -22,6 +22,9 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=120, help="scenes (a multiple of 6: the tags cycle)")
     ap.add_argument("--canonical-from", default=None, help="tokenizer folder: score local (v4) targets")
     ap.add_argument("--align", type=int, default=1, help="object grid of the scenes (the v4 recipe: 4)")
+    ap.add_argument("--margin", type=int, default=2, help="lm.canonical_margin of the recipe scored (v4: 2)")
+    ap.add_argument("--batches", type=int, default=80, help="lm.canonical_batches of that recipe")
+    ap.add_argument("--recipe-seed", type=int, default=0, help="the recipe's seed (its table depends on it)")
     ap.add_argument("--seed", type=int, default=77)
     args = ap.parse_args()
 
@@ -39,8 +42,9 @@ def main() -> None:
 
         from unirl_kit.pretrain.canonical import build_canonical_codes, canonical_tokens
 
-        table = build_canonical_codes(JanusVQVAE.from_pretrained(args.canonical_from).eval(), 0, args.align, 2, 80)
-        tokens, _ = canonical_tokens(table, pixels, tokens, 2)
+        vq = JanusVQVAE.from_pretrained(args.canonical_from).eval()
+        table = build_canonical_codes(vq, args.recipe_seed, args.align, args.margin, args.batches)
+        tokens, _ = canonical_tokens(table, pixels, tokens, args.margin)
     keep, drop = torch.zeros(args.n, dtype=torch.bool), torch.ones(args.n, dtype=torch.bool)
     true = generation_loss(model, tokenizer, [s.prompt for s in specs], tokens, keep, per_image=True)
     other = generation_loss(model, tokenizer, [specs[(i + 6) % args.n].prompt for i in range(args.n)], tokens, keep,

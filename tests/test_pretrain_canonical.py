@@ -77,11 +77,14 @@ def test_gate_can_check_retokenized_aligned_scenes(vq):
     seen = []
 
     def retokenize(pixels, tokens):
-        seen.append(pixels.shape[0])
+        seen.append(pixels)
         return torch.zeros_like(tokens)
 
     gate = tokenizer_gate(vq, 64, per_tag=2, batch_size=2, align=4, retokenize=retokenize)
-    assert seen == [2] * 6 and gate["passed"] is False
+    assert [p.shape[0] for p in seen] == [2] * 6 and gate["passed"] is False
+    aligned, seen[:] = list(seen), []
+    tokenizer_gate(vq, 64, per_tag=2, batch_size=2, align=1, retokenize=lambda p, t: seen.append(p) or t)
+    assert not all(torch.equal(a, b) for a, b in zip(aligned, seen, strict=True))  # align reached the scenes
 
 
 def test_lm_stage_trains_on_canonical_targets_and_reports_their_gate(tmp_path):

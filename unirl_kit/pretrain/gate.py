@@ -8,6 +8,8 @@ gate passes when every tag reaches `threshold`; a tokenizer that fails is not sh
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 from PIL import Image
@@ -26,7 +28,8 @@ GATE_SEED = 7_777_777  # never a training seed: training batches draw from (seed
 
 @torch.no_grad()
 def tokenizer_gate(vq, image_size: int, per_tag: int = 100, threshold: float = 0.95,
-                   batch_size: int = 50, align: int = 1, retokenize=None) -> dict:
+                   batch_size: int = 50, align: int = 1,
+                   retokenize: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None) -> dict:
     """Per-tag agreement of the detector on reconstructions, and whether the gate passes.
 
     `align` draws the scenes on that pixel grid and `retokenize(pixels, tokens) -> tokens` replaces
