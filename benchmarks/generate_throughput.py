@@ -10,7 +10,7 @@ mid-size Janus (width 512, 8 layers, 576 image tokens, codebook 16,384), both ra
 builds the Janus-Pro-1B shape (DeepSeek-LLM 1.5B text model, 576 tokens) with random weights on the
 device and also prints the memory-bandwidth bound (weight bytes x decode steps / bandwidth).
 
-python benchmarks/generate_throughput.py [--size smoke|small|full|gpu] [--device cuda] [--dtype bfloat16]
+python benchmarks/generate_throughput.py [--size smoke|small|full|batch|gpu] [--device cuda] [--dtype bfloat16]
     [--bandwidth-gbs 3350] [--json OUT.json]
 """
 
@@ -28,6 +28,7 @@ SIZES = {
     "small": [("tiny", 4, 4, 1), ("mid", 2, 4, 1)],
     "full": [("tiny", 4, 8, 2), ("tiny", 8, 8, 1), ("mid", 4, 4, 1)],
     "gpu": [("pro1b", 4, 4, 2), ("pro1b", 8, 8, 2)],  # batch 16 and 64 images
+    "batch": [("tiny", 1, 1, 3), ("tiny", 1, 4, 2), ("tiny", 4, 4, 2), ("tiny", 8, 8, 1)],  # 1, 4, 16, 64 images
 }
 PROMPTS = ["a photo of a red circle", "a photo of two blue squares", "a photo of a green triangle and a blue circle",
            "a photo of a purple diamond", "a photo of three yellow circles", "a photo of a square above a circle",

@@ -123,6 +123,32 @@ def test_resume_regenerates_only_unfinished_prompts(cli_out, tiny_janus, tiny_ja
         run_generate(_config(out, prompts, tiny_janus_dir), tiny_janus)
 
 
+def test_unset_cfg_scale_is_the_weights_own(cli_out, tiny_janus_dir, tmp_path):
+    """cfg_scale=None takes the model folder's generation_config `guidance_scale` (here 3, the CLI run's):
+    the same images as the explicit run, 3.0 in the saved config, and a resume with None is accepted."""
+    import yaml
+
+    from unirl_kit.backbones.base import resolve_cfg_scale
+    from unirl_kit.registry import registry
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_janus_dir, model)
+    gen_file = model / "generation_config.json"
+    gen = json.loads(gen_file.read_text()) if gen_file.is_file() else {}
+    gen_file.write_text(json.dumps({**gen, "guidance_scale": 3.0}))
+    backbone = registry("backbones").build("janus", model=str(model), device="cpu")
+    assert backbone.default_cfg_scale == 3.0
+    assert resolve_cfg_scale(backbone, 1.0) == 1.0 and resolve_cfg_scale(object(), None) == 5.0
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps(m) + "\n" for m in METADATA))
+    out = tmp_path / "out"
+    run_generate(_config(out, prompts, model, cfg_scale=None), backbone)
+    for i in range(2):
+        _same_outputs(cli_out, out, i)
+    assert yaml.safe_load((out / "config.yaml").read_text())["cfg_scale"] == 3.0
+    assert run_generate(_config(out, prompts, model, cfg_scale=None), backbone)["already_done"] == 2
+
+
 def test_prompt_longer_than_the_context(tiny_janus, tiny_janus_dir, tmp_path):
     prompts = tmp_path / "long.txt"
     prompts.write_text("a circle\n" + "circle " * 300 + "\n")

@@ -110,6 +110,45 @@ def test_generation_loss_matches_the_models_own_teacher_forcing(tiny_lm):
     assert torch.allclose(per_image, torch.stack(each) * build.NUM_IMAGE_TOKENS, rtol=1e-5)
 
 
+def test_prompt_reading_loss_targets_the_prompts_content_words(tiny_lm):
+    """The KL is 0 exactly when every image position's text head names the content words uniformly,
+    skips dropped prompts, and reaches the prompt only through the image positions' hidden states."""
+    from unirl_kit.pretrain.language_model import generation_forward, prompt_reading_loss
+
+    model, tok = tiny_lm
+    vocab = tok.get_vocab()
+    prompts = ["a photo of a red circle", "a photo of two squares"]
+    hidden = torch.zeros(2, 3, model.lm_head.in_features)
+    head = torch.nn.Linear(model.lm_head.in_features, model.lm_head.out_features, bias=False)
+    with torch.no_grad():
+        head.weight.zero_()
+        for word in ("red", "circle"):  # feature 0 -> the first prompt's words, feature 1 -> the second's
+            head.weight[vocab[word], 0] = 30.0
+        for word in ("two", "squares"):
+            head.weight[vocab[word], 1] = 30.0
+    hidden[0, :, 0], hidden[1, :, 1] = 1.0, 1.0
+    original, model.lm_head = model.lm_head, head
+    try:
+        torch.set_grad_enabled(False)
+        both = prompt_reading_loss(model, tok, prompts, hidden, torch.tensor([False, False]))
+        swapped = prompt_reading_loss(model, tok, prompts[::-1], hidden, torch.tensor([False, False]))
+        dropped = prompt_reading_loss(model, tok, prompts, hidden, torch.tensor([True, True]))
+        one = prompt_reading_loss(model, tok, prompts, hidden, torch.tensor([False, True]))
+    finally:
+        torch.set_grad_enabled(True)
+        model.lm_head = original
+    assert float(both) == pytest.approx(0.0, abs=1e-6)
+    assert float(swapped) > 10.0
+    assert float(dropped) == 0.0 and float(one) == pytest.approx(0.0, abs=1e-6)
+    tokens = torch.randint(0, 32, (2, build.NUM_IMAGE_TOKENS))
+    _, image_hidden = generation_forward(model, tok, prompts, tokens, torch.tensor([False, False]))
+    assert image_hidden.shape[:2] == (2, build.NUM_IMAGE_TOKENS)
+    loss = prompt_reading_loss(model, tok, prompts, image_hidden, torch.tensor([False, False]))
+    loss.backward()
+    assert model.get_input_embeddings().weight.grad[vocab["circle"]].abs().sum() > 0
+    model.zero_grad(set_to_none=True)
+
+
 def test_understanding_loss_only_scores_the_answer(tiny_lm):
     from unirl_kit.pretrain.language_model import understanding_loss
 

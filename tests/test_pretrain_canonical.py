@@ -88,16 +88,24 @@ def test_gate_can_check_retokenized_aligned_scenes(vq):
 
 
 def test_lm_stage_trains_on_canonical_targets_and_reports_their_gate(tmp_path):
+    """The v5 recipe's options end to end at toy size: local targets, the prompt-reading loss (logged),
+    and an export whose generation_config carries the guidance the backbone then samples with."""
+    from unirl_kit.pretrain.export import export_model
     from unirl_kit.pretrain.language_model import LanguageModelConfig, train_language_model
+    from unirl_kit.registry import registry
 
     vq_dir = tmp_path / "vq"
     build_vq(TokenizerConfig(**VQ)).save_pretrained(vq_dir)
     cfg = LanguageModelConfig(steps=1, gen_batch=2, und_batch=2, text_hidden=64, text_layers=1, vision_hidden=32,
                               vision_layers=1, pretrained_vision=False, canonical_margin=2, canonical_batches=1,
-                              gen_align=4, bf16=False, log_every=1)
+                              gen_align=4, prompt_reading=0.5, bf16=False, log_every=1)
     train_language_model(cfg, vq_dir, tmp_path / "lm")
     report = json.loads((tmp_path / "lm/canonical.json").read_text())
     assert report["margin"] == 2 and report["align"] == 4 and report["windows"] > 0
     assert set(report["gate"]["per_tag"]) == {"single_object", "two_object", "counting", "colors", "position",
                                               "color_attr"}
-    assert [json.loads(x)["step"] for x in (tmp_path / "lm/log.jsonl").read_text().splitlines()] == [1]
+    log = [json.loads(x) for x in (tmp_path / "lm/log.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in log] == [1] and log[0]["read_loss"] > 0
+    export_model(tmp_path / "lm", vq_dir, cfg, tmp_path / "export", guidance_scale=1.0)
+    backbone = registry("backbones").build("janus", model=str(tmp_path / "export"), device="cpu")
+    assert backbone.default_cfg_scale == 1.0

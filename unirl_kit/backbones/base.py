@@ -88,6 +88,7 @@ class Backbone(Protocol):
     codebook_size: int
     image_size: int  # pixels per side of generated images
     tokenizer: Any  # the text tokenizer (transformers), e.g. to count answer tokens
+    # optional: default_cfg_scale (float | None), the guidance these weights sample with (resolve_cfg_scale)
 
     @property
     def device(self) -> torch.device: ...
@@ -153,6 +154,18 @@ def rows_per_prompt(prompts: Sequence[str], tokens: torch.Tensor) -> int:
         raise ValueError(f"{tokens.shape[0]} token rows for {len(prompts)} prompts: give one prompt per row "
                          "or per group (rows prompt-major, as generate returns them)")
     return tokens.shape[0] // len(prompts)
+
+
+DEFAULT_CFG_SCALE = 5.0  # Janus's and Janus-Pro's published guidance
+
+
+def resolve_cfg_scale(backbone: Any, cfg_scale: float | None) -> float:
+    """An explicit scale, else the backbone's `default_cfg_scale` (Janus: the model folder's
+    generation_config.json `guidance_scale`), else 5. Why: the right guidance belongs to the weights
+    (tiny-shapes since v5 samples best unguided), not to the command that runs them."""
+    if cfg_scale is not None:
+        return float(cfg_scale)
+    return float(getattr(backbone, "default_cfg_scale", None) or DEFAULT_CFG_SCALE)
 
 
 def image_seed(base: int, prompt_index: int, image_index: int) -> int:

@@ -88,6 +88,7 @@ class JanusBackbone:
             quant.quant_state_dims = [side, side]
         self.image_size = int(quant.quant_state_dims[0]) * 2 ** (len(cfg.vq_config.channel_multiplier) - 1)
         self.max_positions = int(cfg.text_config.max_position_embeddings)
+        self.default_cfg_scale = getattr(self.model.generation_config, "guidance_scale", None)
 
     @classmethod
     def load(cls, path: str | Path, **options) -> JanusBackbone:

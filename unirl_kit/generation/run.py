@@ -7,6 +7,7 @@ take prompts i = rank, rank + world, ...; each prompt folder is written by exact
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +34,7 @@ class GenerateConfig:
     out: str = ""
     group_size: int = 4
     batch_size: int = 16  # images per sampler call (cond + uncond rows: twice this many sequences)
-    cfg_scale: float = 5.0  # 1 = no guidance
+    cfg_scale: float | None = None  # 1 = no guidance; None = the backbone's own (resolve_cfg_scale)
     temperature: float = 1.0  # 0 = greedy
     top_k: int | None = None
     top_p: float | None = None
@@ -61,8 +62,8 @@ def _check_same_run(out: Path, cfg: GenerateConfig) -> None:
     if not old_path.is_file():
         return
     old, new = yaml.safe_load(old_path.read_text()) or {}, to_dict(cfg)
-    for key in _FINGERPRINT:
-        if key in old and old[key] != new[key]:
+    for key in _FINGERPRINT:  # None: not resolved yet (checked again once the backbone has resolved it)
+        if key in old and new[key] is not None and old[key] != new[key]:
             raise InputError(f"{out}: holds images made with {key}={old[key]!r}, not {new[key]!r}; "
                              "use another --out, or delete the folder to start over")
 
@@ -82,7 +83,11 @@ def run_generate(cfg: GenerateConfig, backbone: Any = None) -> dict[str, Any]:
     metas = read_prompt_file(Path(cfg.prompts))
     _check_same_run(out, cfg)
     backbone = backbone if backbone is not None else build_backbone(cfg)
-    from unirl_kit.backbones.base import image_seed  # torch-heavy imports: after the cheap checks
+    from unirl_kit.backbones.base import image_seed, resolve_cfg_scale  # torch-heavy: after the cheap checks
+
+    if cfg.cfg_scale is None:
+        cfg = dataclasses.replace(cfg, cfg_scale=resolve_cfg_scale(backbone, None))
+        _check_same_run(out, cfg)
     from unirl_kit.generation.outputs import is_done
     try:
         backbone.check_prompts([m["prompt"] for m in metas])

@@ -14,14 +14,18 @@ from unirl_kit.types import InputError
 MAX_BYTES = 20 * 1024 * 1024
 
 
-def export_model(lm_dir: Path, vq_dir: Path, cfg: LanguageModelConfig, target: Path) -> dict:
-    """Latest LM checkpoint -> target/{config.json, model.safetensors (bf16), tokenizer, processor}."""
+def export_model(lm_dir: Path, vq_dir: Path, cfg: LanguageModelConfig, target: Path,
+                 guidance_scale: float | None = None) -> dict:
+    """Latest LM checkpoint -> target/{config.json, model.safetensors (bf16), tokenizer, processor}, and
+    `guidance_scale` (when given) into generation_config.json, where `resolve_cfg_scale` reads it."""
     ckpt = latest_checkpoint(Path(lm_dir) / "checkpoints")
     if ckpt is None:
         raise InputError(f"{lm_dir}: no language-model checkpoint to export; run the lm stage first")
     model = build_model(cfg, vq_dir)
     state = load_checkpoint(ckpt, model)
     model = model.to(torch.bfloat16)  # halves the size; loaded back in fp32 on the CPU
+    if guidance_scale is not None:
+        model.generation_config.guidance_scale = float(guidance_scale)
     target = Path(target)
     target.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(target)

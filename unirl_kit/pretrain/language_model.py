@@ -41,6 +41,7 @@ class LanguageModelConfig:
     canonical_margin: int = -1  # -1: the encoder's own tokens as targets (v1-v3); >= 0: local ones (v4: 2)
     canonical_batches: int = 80  # x 32 scenes that the local-code table is built from
     gen_align: int = 1  # generation scenes' objects on this pixel grid (4 = the tokenizer's; v4); 1 = anywhere
+    prompt_reading: float = 0.0  # weight of `prompt_reading_loss` (0: off, as v1-v4)
     text_hidden: int = 256
     text_layers: int = 4
     vision_hidden: int = 128
@@ -68,10 +69,10 @@ def _left_pad(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tens
     return ids, mask
 
 
-def generation_loss(model, tokenizer, prompts: list[str], image_tokens: torch.Tensor,
-                    uncond: torch.Tensor, per_image: bool = False) -> torch.Tensor:
-    """Mean next-token cross-entropy of the image tokens given the (possibly dropped) prompt, or with
-    `per_image` each image's summed negative log-likelihood (what `benchmarks/prompt_binding.py` reads)."""
+def generation_forward(model, tokenizer, prompts: list[str], image_tokens: torch.Tensor,
+                       uncond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Teacher-forced image tokens given the (possibly dropped) prompt: each token's negative
+    log-likelihood [B, T] and the last hidden state at the positions that predict them [B, T, H]."""
     vocab = tokenizer.get_vocab()
     bos, boi, pad = vocab[build.BOS], vocab[build.BOI], vocab[build.PAD]
     rows = []
@@ -85,9 +86,44 @@ def generation_loss(model, tokenizer, prompts: list[str], image_tokens: torch.Te
     attn = torch.cat([mask, torch.ones(image.shape[:2], dtype=torch.long, device=mask.device)], 1)
     positions = (attn.cumsum(1) - 1).clamp(min=0)
     hidden = model.model.language_model(inputs_embeds=embeds, attention_mask=attn, position_ids=positions).last_hidden_state
-    logits = model.model.generation_head(hidden[:, ids.shape[1] - 1:])
+    hidden = hidden[:, ids.shape[1] - 1:]
+    logits = model.model.generation_head(hidden)
     nll = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), image_tokens.reshape(-1), reduction="none")
-    return nll.view(image_tokens.shape).sum(1) if per_image else nll.mean()
+    return nll.view(image_tokens.shape), hidden
+
+
+def generation_loss(model, tokenizer, prompts: list[str], image_tokens: torch.Tensor,
+                    uncond: torch.Tensor, per_image: bool = False) -> torch.Tensor:
+    """Mean next-token cross-entropy of the image tokens given the (possibly dropped) prompt, or with
+    `per_image` each image's summed negative log-likelihood (what `benchmarks/prompt_binding.py` reads)."""
+    nll, _ = generation_forward(model, tokenizer, prompts, image_tokens, uncond)
+    return nll.sum(1) if per_image else nll.mean()
+
+
+PROMPT_STOPWORDS = ("a", "an", "photo", "of", "the", "and")
+
+
+def prompt_reading_loss(model, tokenizer, prompts: list[str], hidden: torch.Tensor,
+                        uncond: torch.Tensor) -> torch.Tensor:
+    """KL from the prompt's content words (uniform over them) to the text head's reading of every
+    image position. Why: in raster order the prompt decides only the first token of each object, so
+    the generation loss alone teaches the prompt to one token per object and a tiny model learns to
+    ignore it (tiny-shapes v4); this asks every image position to carry the prompt, a dense gradient
+    through the same attention the first object token needs. Dropped (unconditional) rows are skipped."""
+    vocab = tokenizer.get_vocab()
+    stop = {vocab[w] for w in PROMPT_STOPWORDS} | {vocab[build.BOS]}
+    target = torch.zeros(len(prompts), model.lm_head.out_features, device=hidden.device)
+    for i, (prompt, drop) in enumerate(zip(prompts, uncond.tolist(), strict=True)):
+        words = [t for t in tokenizer(prompt).input_ids if t not in stop]
+        if words and not drop:
+            target[i].index_add_(0, torch.tensor(words, device=hidden.device), torch.ones(len(words), device=hidden.device))
+    rows = target.sum(1) > 0
+    if not rows.any():
+        return hidden.sum() * 0.0
+    q = target[rows] / target[rows].sum(1, keepdim=True)
+    logp = F.log_softmax(model.lm_head(hidden[rows]).float(), -1)
+    entropy = -(q * q.clamp(min=1e-12).log()).sum(-1)
+    return (-(q[:, None] * logp).sum(-1) - entropy[:, None]).mean()
 
 
 def understanding_loss(model, tokenizer, pixels: torch.Tensor, questions: list[str], answers: list[str]) -> torch.Tensor:
@@ -177,15 +213,19 @@ def train_language_model(cfg: LanguageModelConfig, vq_dir: Path, out: Path, seed
         for group in opt.param_groups:
             group["lr"] = _lr(step, cfg)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
-            gen = generation_loss(model, tokenizer, [s.prompt for s in gen_specs], image_tokens, uncond)
+            prompts = [s.prompt for s in gen_specs]
+            nll, hidden = generation_forward(model, tokenizer, prompts, image_tokens, uncond)
+            gen = nll.mean()
+            read = prompt_reading_loss(model, tokenizer, prompts, hidden, uncond) if cfg.prompt_reading else None
             und = understanding_loss(model, tokenizer, und_pixels, questions, answers)
-        loss = gen + und
+        loss = gen + und + (cfg.prompt_reading * read if read is not None else 0.0)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         opt.step()
         if (step + 1) % cfg.log_every == 0:
             log.write(json.dumps({"step": step + 1, "gen_loss": gen.item(), "und_loss": und.item(),
+                                  **({"read_loss": read.item()} if read is not None else {}),
                                   "grad_norm": float(grad_norm), "lr": _lr(step, cfg),
                                   "elapsed_s": round(time.perf_counter() - t0, 1)}) + "\n")
             log.flush()

@@ -40,6 +40,7 @@ class PretrainConfig:
     vision: VisionConfig = field(default_factory=VisionConfig)
     lm: LanguageModelConfig = field(default_factory=LanguageModelConfig)
     export_dir: str | None = None  # default: OUT/export
+    guidance_scale: float | None = None  # the export's generation_config.json: the CFG it samples with by default
 
 
 def run_pretrain(cfg: PretrainConfig) -> dict:
@@ -95,7 +96,7 @@ def run_pretrain(cfg: PretrainConfig) -> dict:
         from unirl_kit.pretrain.export import export_model
 
         target = Path(cfg.export_dir) if cfg.export_dir else out / "export"
-        report["export"] = export_model(out / "lm", tok_dir / "final", cfg.lm, target)
+        report["export"] = export_model(out / "lm", tok_dir / "final", cfg.lm, target, cfg.guidance_scale)
     return report
 
 

@@ -38,7 +38,7 @@ class LoraConfig:
 
 @dataclass
 class SamplingConfig:
-    cfg_scale: float = 5.0
+    cfg_scale: float | None = None  # 1 = no guidance; None = the backbone's own (resolve_cfg_scale)
     temperature: float = 1.0
     top_k: int | None = None
     top_p: float | None = None

@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from unirl_kit.backbones.base import resolve_cfg_scale
 from unirl_kit.config import write_run_info
 from unirl_kit.training.common import (
     MetricsLog,
@@ -47,6 +48,7 @@ def run_job(cfg: Any, resume: bool, *, check: Callable[[Any, int], None], stamp:
     out = check_out(cfg.run, resume)
     torch.manual_seed(cfg.run.seed)
     policy = build_policy(cfg.backbone, cfg.lora, keep_reference=keep_reference, world=world)
+    cfg.sampling.cfg_scale = resolve_cfg_scale(policy.backbone, cfg.sampling.cfg_scale)  # saved resolved
     reward = build_rewards(cfg.rewards, cfg.reward_options, policy.backbone) if wants_rewards else None
     optimizer = build_optimizer(policy.params, cfg.optim)
     state = load_train_state(out / "checkpoints", policy.model, optimizer) if resume else None
