@@ -1,7 +1,7 @@
 """The tiny-shapes model's quality, as issue 3 states it: GenEval-shapes on a held-out prompt set
 (the shapes_eval config's seed; N prompts x 4 images, fixed seeds) and QA accuracy on clean renders.
 
-python benchmarks/tiny_shapes_quality.py [--model DIR] [--n 300] [--group 4] [--per-tag 50] [--cfg-scale 5] [--temperature 1]
+python benchmarks/tiny_shapes_quality.py [--model DIR] [--n 300] [--group 4] [--per-tag 50] [--cfg-scale S] [--temperature 1]
     [--device auto] [--out runs/bench/tiny_shapes_quality]
 Resumable (generation and scoring skip finished work). Prints one table and writes quality.json.
 """
@@ -20,12 +20,13 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=300)
     ap.add_argument("--group", type=int, default=4)
     ap.add_argument("--per-tag", type=int, default=50, help="clean renders per question type")
-    ap.add_argument("--cfg-scale", type=float, default=5.0)
+    ap.add_argument("--cfg-scale", type=float, default=None, help="default: the weights' own (shipped: 1.5)")
     ap.add_argument("--temperature", type=float, default=1.0)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--out", type=Path, default=Path("runs/bench/tiny_shapes_quality"))
     args = ap.parse_args()
 
+    from unirl_kit.backbones.base import resolve_cfg_scale
     from unirl_kit.eval.geneval.runner import GenevalConfig, run_geneval
     from unirl_kit.eval.understanding.clean import clean_render_accuracy
     from unirl_kit.generation.run import GenerateConfig, build_backbone, run_generate
@@ -47,7 +48,7 @@ def main() -> None:
     und = clean_render_accuracy(backbone, per_tag=args.per_tag, seed=0)
     t_und = time.perf_counter() - t0
     report = {"model": args.model or "tiny-shapes (shipped)", "prompts": args.n, "group_size": args.group,
-              "cfg_scale": args.cfg_scale, "temperature": args.temperature, "device": str(backbone.device), "generate": gen,
+              "cfg_scale": resolve_cfg_scale(backbone, args.cfg_scale), "temperature": args.temperature, "device": str(backbone.device), "generate": gen,
               "generate_seconds": round(t_gen, 1), "geneval": summary,
               "understanding": {k: v for k, v in und.items() if k != "rows"}, "understanding_seconds": round(t_und, 1)}
     (args.out / "quality.json").write_text(json.dumps(report, indent=2) + "\n")
