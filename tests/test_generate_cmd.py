@@ -139,6 +139,8 @@ def test_unset_cfg_scale_is_the_weights_own(cli_out, tiny_janus_dir, tmp_path):
     backbone = registry("backbones").build("janus", model=str(model), device="cpu")
     assert backbone.default_cfg_scale == 3.0
     assert resolve_cfg_scale(backbone, 1.0) == 1.0 and resolve_cfg_scale(object(), None) == 5.0
+    own, explicit = (backbone.generate(["a photo of a circle"], seeds=1, **kw).tokens for kw in ({}, {"cfg_scale": 3.0}))
+    assert torch.equal(own, explicit)
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps(m) + "\n" for m in METADATA))
     out = tmp_path / "out"

@@ -96,12 +96,13 @@ class Backbone(Protocol):
     @property
     def dtype(self) -> torch.dtype: ...
 
-    def generate(self, prompts: Sequence[str], group_size: int = 1, seeds: Seeds = 0, cfg_scale: float = 5.0,
+    def generate(self, prompts: Sequence[str], group_size: int = 1, seeds: Seeds = 0, cfg_scale: float | None = None,
                  temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None) -> GenerationBatch:
-        """Sample `group_size` images per prompt, all in one batch; no gradients."""
+        """Sample `group_size` images per prompt, all in one batch; no gradients. `cfg_scale` None: the
+        weights' own (`resolve_cfg_scale`), as for `image_logprobs`."""
         ...
 
-    def image_logprobs(self, prompts: Sequence[str], tokens: torch.Tensor, cfg_scale: float = 5.0,
+    def image_logprobs(self, prompts: Sequence[str], tokens: torch.Tensor, cfg_scale: float | None = None,
                        temperature: float = 1.0, with_entropy: bool = False, trajectory: torch.Tensor | None = None):
         """[N, T] teacher-forced log-probs of `tokens`; differentiable (one forward pass for AR models).
 

@@ -24,6 +24,7 @@ from unirl_kit.backbones.base import (
     Seeds,
     check_sampling,
     image_seed,
+    resolve_cfg_scale,
     resolve_seeds,
     rows_per_prompt,
     to_pil,
@@ -135,7 +136,7 @@ class JanusBackbone:
         self.prompt_ids(prompts)
 
     # ---- generation ------------------------------------------------------------------------------
-    def generate(self, prompts: Sequence[str], group_size: int = 1, seeds: Seeds = 0, cfg_scale: float = 5.0,
+    def generate(self, prompts: Sequence[str], group_size: int = 1, seeds: Seeds = 0, cfg_scale: float | None = None,
                  temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None) -> GenerationBatch:
         check_sampling(group_size, top_k, top_p)
         ids = self.prompt_ids(prompts)
@@ -145,15 +146,17 @@ class JanusBackbone:
             return GenerationBatch([], torch.empty(0, self.num_image_tokens, dtype=torch.long),
                                    torch.empty(0, self.num_image_tokens), [])
         uniforms = None if temperature <= 0 else uniform_stream(row_seeds, self.num_image_tokens)
-        tokens, logprobs = sample_image_tokens(self.model, rows, self.special, self.num_image_tokens, cfg_scale,
+        tokens, logprobs = sample_image_tokens(self.model, rows, self.special, self.num_image_tokens,
+                                               resolve_cfg_scale(self, cfg_scale),
                                                temperature, uniforms, top_k, top_p)
         return GenerationBatch(self.decode_tokens(tokens), tokens, logprobs, row_seeds)
 
-    def image_logprobs(self, prompts: Sequence[str], tokens: torch.Tensor, cfg_scale: float = 5.0,
+    def image_logprobs(self, prompts: Sequence[str], tokens: torch.Tensor, cfg_scale: float | None = None,
                        temperature: float = 1.0, with_entropy: bool = False, trajectory: torch.Tensor | None = None):
         del trajectory  # autoregressive: the order is fixed
         rows = self._token_rows(prompts, tokens)
-        return teacher_forced_logprobs(self.model, rows, tokens, self.special, cfg_scale, temperature, with_entropy)
+        return teacher_forced_logprobs(self.model, rows, tokens, self.special, resolve_cfg_scale(self, cfg_scale),
+                                       temperature, with_entropy)
 
     def _token_rows(self, prompts: Sequence[str], tokens: torch.Tensor) -> list[list[int]]:
         """One prompt-id row per token row (a prompt per row, or per group of rows, prompt-major)."""

@@ -23,7 +23,7 @@ def generate(
 ) -> None:
     """Sample images for every prompt; resumable; rank-sliced under torchrun.
 
-    Sampling settings go in overrides: cfg_scale=5 temperature=1 top_k=null top_p=null device=auto
+    Sampling settings go in overrides: cfg_scale=null (the weights' own; Janus 5) temperature=1 top_k=null top_p=null device=auto
     dtype=auto backbone_options.chat_template=true ...
     """
     _generate(backbone, model, prompts, group_size, out, batch_size, seed, config, overrides)

@@ -30,6 +30,7 @@ from unirl_kit.backbones.base import (
     Seeds,
     check_sampling,
     image_seed,
+    resolve_cfg_scale,
     resolve_seeds,
     rows_per_prompt,
     to_pil,
@@ -104,6 +105,7 @@ class ShowoBackbone:
         self.image_size = side * self.vq.config.downsample_factor
         self.offset = int(cfg.image_token_offset)
         self.mask_id = int(cfg.mask_token_id)
+        self.default_cfg_scale = 4.0  # Show-o's demo guidance w = 3 (cfg_scale = w + 1)
 
     @classmethod
     def load(cls, path: str | Path, **options) -> ShowoBackbone:
@@ -146,12 +148,13 @@ class ShowoBackbone:
         return rows, t2i_attention_mask(rows, self.special)
 
     # ---- generation ------------------------------------------------------------------------------
-    def generate(self, prompts: Sequence[str], group_size: int = 1, seeds: Seeds = 0, cfg_scale: float = 4.0,
+    def generate(self, prompts: Sequence[str], group_size: int = 1, seeds: Seeds = 0, cfg_scale: float | None = None,
                  temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None) -> GenerationBatch:
         check_sampling(group_size)
         if top_k is not None or top_p is not None:
             raise InputError("top_k / top_p: not used by Show-o's MaskGIT decoding; leave them null")
         row_seeds = resolve_seeds(seeds, len(prompts), group_size)
+        cfg_scale = resolve_cfg_scale(self, cfg_scale)
         t = self.num_image_tokens
         if not row_seeds:
             empty = torch.empty(0, t, dtype=torch.long)
@@ -162,12 +165,13 @@ class ShowoBackbone:
                                                   self.mask_id, self.timesteps, cfg_scale, temperature, uniforms)
         return GenerationBatch(self.decode_tokens(codes), codes, logprobs, row_seeds, step_of)
 
-    def image_logprobs(self, prompts: Sequence[str], tokens: torch.Tensor, cfg_scale: float = 4.0,
+    def image_logprobs(self, prompts: Sequence[str], tokens: torch.Tensor, cfg_scale: float | None = None,
                        temperature: float = 1.0, with_entropy: bool = False, trajectory: torch.Tensor | None = None):
         """Per-token log-probs at each token's reveal step (the sampler's numbers), teacher-forced."""
         if trajectory is None:
             raise ValueError("showo: image log-probs are defined over the unmasking steps; pass the trajectory "
                              "that generate returned (GenerationBatch.trajectory)")
+        cfg_scale = resolve_cfg_scale(self, cfg_scale)
         rows, mask = self._rows(prompts, rows_per_prompt(prompts, tokens), cfg_scale)
         return trajectory_logprobs(self.model, rows, mask, tokens, trajectory, self.offset, self.codebook_size,
                                    self.mask_id, cfg_scale, temperature, with_entropy)
