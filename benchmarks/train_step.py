@@ -54,6 +54,7 @@ def main() -> None:
     args = ap.parse_args()
     import torch
 
+    from unirl_kit.backbones.base import resolve_cfg_scale
     from unirl_kit.config import load_config
     from unirl_kit.prompts.cmd import PromptsConfig, run_prompts
     from unirl_kit.rewards.base import build_rewards
@@ -78,15 +79,16 @@ def main() -> None:
         torch.cuda.reset_peak_memory_stats()
     rows = [train_step(policy, optimizer, reward, pool, step, cfg, 0, 1) for step in range(2)]
     step = rows[-1]  # the second step: no first-call warm-up in it
-    batch = policy.backbone.generate([pool[0].prompt], group_size=group, seeds=0, cfg_scale=cfg.sampling.cfg_scale)
+    scale = resolve_cfg_scale(policy.backbone, cfg.sampling.cfg_scale)  # the weights' own when the config says null
+    batch = policy.backbone.generate([pool[0].prompt], group_size=group, seeds=0, cfg_scale=scale)
     prompts_list = [pool[0].prompt]
     with torch.no_grad():
         t0 = time.perf_counter()
-        forced = policy.backbone.image_logprobs(prompts_list, batch.tokens, cfg.sampling.cfg_scale)
+        forced = policy.backbone.image_logprobs(prompts_list, batch.tokens, scale)
         t_forced = time.perf_counter() - t0
         t0 = time.perf_counter()
         slow = per_token_logprobs(policy.backbone, [pool[0].prompt] * group, batch.tokens.to(policy.backbone.device),
-                                  cfg.sampling.cfg_scale)
+                                  scale)
         t_slow = time.perf_counter() - t0
     err = float((forced.cpu() - slow).abs().max())
     assert err < 1e-4, f"teacher-forced and per-token log-probs differ by {err}"
