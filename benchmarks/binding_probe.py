@@ -18,18 +18,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-TOKENIZER = Path(__file__).resolve().parents[1] / "artifacts/pretrain/tiny_shapes/tokenizer/final"
-
-
-def scenes(seed: int, step: int, n: int, tags: list[str], align: int):
-    """`n` scenes of the given tags (cycled), from their own generator (seed, step)."""
-    from unirl_kit.pretrain.scenes import to_pixels
-    from unirl_kit.prompts.generate import get_world, sample_prompt
-    from unirl_kit.worlds.shapes.render import render_scene
-
-    rng, world = np.random.default_rng([seed, step]), get_world("shapes")
-    specs = [sample_prompt(tags[i % len(tags)], world, rng) for i in range(n)]
-    return to_pixels([np.asarray(render_scene(s, rng, 64, align=align)[0]) for s in specs]), specs
+ROOT = Path(__file__).resolve().parents[1]
+TOKENIZER = ROOT / "artifacts/pretrain/tiny_shapes/tokenizer/final"
+RECIPE = ROOT / "configs/pretrain/tiny_shapes.yaml"  # local targets: its margin, table size and seed
 
 
 def main() -> None:
@@ -39,7 +30,7 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--tags", default="single_object", help="comma-separated GenEval tags, or 'all'")
     ap.add_argument("--targets", choices=("encoder", "local"), default="encoder")
-    ap.add_argument("--align", type=int, default=None, help="object grid (default: 4 for local targets, else 1)")
+    ap.add_argument("--align", type=int, default=None, help="object grid (default: the recipe's for local targets, else 1)")
     ap.add_argument("--prompt-reading", type=float, default=0.0, help="weight of prompt_reading_loss")
     ap.add_argument("--eval-every", type=int, default=100)
     ap.add_argument("--eval-n", type=int, default=48)
@@ -51,6 +42,7 @@ def main() -> None:
     torch.manual_seed(args.seed)
 
     from unirl_kit.backbones.tiny_shapes import build
+    from unirl_kit.config import load_config
     from unirl_kit.pretrain.canonical import build_canonical_codes, canonical_tokens
     from unirl_kit.pretrain.language_model import (
         LanguageModelConfig,
@@ -58,23 +50,28 @@ def main() -> None:
         generation_forward,
         prompt_reading_loss,
     )
+    from unirl_kit.pretrain.recipe import PretrainConfig
+    from unirl_kit.pretrain.scenes import scene_batch
     from unirl_kit.schedules import warmup_cosine
     from unirl_kit.types import GENEVAL_TAGS
 
     tags = list(GENEVAL_TAGS) if args.tags == "all" else args.tags.split(",")
-    align = args.align or (4 if args.targets == "local" else 1)
+    recipe = load_config(PretrainConfig, RECIPE, {}, [])
+    margin = recipe.lm.canonical_margin
+    align = args.align or (recipe.lm.gen_align if args.targets == "local" else 1)
     cfg = LanguageModelConfig(lr=args.lr, steps=args.steps, warmup_steps=min(100, args.steps // 4))
     model = build_model(cfg, Path(args.tokenizer)).train()
     model.model.vqmodel.eval()
     tokenizer = build.build_tokenizer()
-    table = build_canonical_codes(model.model.vqmodel, 0, align, 2, 80) if args.targets == "local" else None
+    table = (build_canonical_codes(model.model.vqmodel, recipe.seed, align, margin, recipe.lm.canonical_batches)
+             if args.targets == "local" else None)
 
     def encode(pixels):
         with torch.no_grad():
             tokens = model.model.vqmodel.encode(pixels).image_tokens.view(pixels.shape[0], -1)
-        return canonical_tokens(table, pixels, tokens, 2)[0] if table is not None else tokens
+        return canonical_tokens(table, pixels, tokens, margin)[0] if table is not None else tokens
 
-    held_pixels, held_specs = scenes(args.seed + 999, 0, args.eval_n, tags, align)
+    held_pixels, held_specs = scene_batch(args.seed + 999, 0, args.eval_n, build.IMAGE_SIZE, align, tags)
     held_tokens = encode(held_pixels)
     keep = torch.zeros(args.eval_n, dtype=torch.bool)
 
@@ -91,7 +88,7 @@ def main() -> None:
     opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.98), weight_decay=cfg.weight_decay)
     t0, history = time.perf_counter(), []
     for step in range(args.steps):
-        pixels, specs = scenes(args.seed + 1_000, step, args.batch, tags, align)
+        pixels, specs = scene_batch(args.seed + 1_000, step, args.batch, build.IMAGE_SIZE, align, tags)
         tokens = encode(pixels)
         rng = np.random.default_rng([args.seed, 1, step])
         uncond = torch.from_numpy(rng.random(args.batch) < cfg.cfg_dropout)

@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 import torch
+
+RECIPE = Path(__file__).resolve().parents[1] / "configs/pretrain/tiny_shapes.yaml"
 
 
 @torch.no_grad()
@@ -22,9 +25,8 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=120, help="scenes (a multiple of 6: the tags cycle)")
     ap.add_argument("--canonical-from", default=None, help="tokenizer folder: score local (v4) targets")
     ap.add_argument("--align", type=int, default=1, help="object grid of the scenes (the v4 recipe: 4)")
-    ap.add_argument("--margin", type=int, default=2, help="lm.canonical_margin of the recipe scored (v4: 2)")
-    ap.add_argument("--batches", type=int, default=80, help="lm.canonical_batches of that recipe")
-    ap.add_argument("--recipe-seed", type=int, default=0, help="the recipe's seed (its table depends on it)")
+    ap.add_argument("--recipe", default=str(RECIPE),
+                    help="the pretrain config whose local-code table is rebuilt (its margin, table size and seed)")
     ap.add_argument("--seed", type=int, default=77)
     args = ap.parse_args()
 
@@ -40,11 +42,15 @@ def main() -> None:
     if args.canonical_from:
         from transformers.models.janus.modeling_janus import JanusVQVAE
 
+        from unirl_kit.config import load_config
         from unirl_kit.pretrain.canonical import build_canonical_codes, canonical_tokens
+        from unirl_kit.pretrain.recipe import PretrainConfig
 
+        recipe = load_config(PretrainConfig, Path(args.recipe), {}, [])
         vq = JanusVQVAE.from_pretrained(args.canonical_from).eval()
-        table = build_canonical_codes(vq, args.recipe_seed, args.align, args.margin, args.batches)
-        tokens, _ = canonical_tokens(table, pixels, tokens, args.margin)
+        table = build_canonical_codes(vq, recipe.seed, args.align, recipe.lm.canonical_margin,
+                                      recipe.lm.canonical_batches)
+        tokens, _ = canonical_tokens(table, pixels, tokens, recipe.lm.canonical_margin)
     keep, drop = torch.zeros(args.n, dtype=torch.bool), torch.ones(args.n, dtype=torch.bool)
     true = generation_loss(model, tokenizer, [s.prompt for s in specs], tokens, keep, per_image=True)
     other = generation_loss(model, tokenizer, [specs[(i + 6) % args.n].prompt for i in range(args.n)], tokens, keep,

@@ -7,6 +7,7 @@ batches a straight run would have seen, with no data-loader state to save.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -27,21 +28,22 @@ def to_uint8(pixels: torch.Tensor) -> np.ndarray:
     return ((pixels.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
 
-def scene_batch(seed: int, step: int, batch_size: int, size: int,
-                align: int = 1) -> tuple[torch.Tensor, list[PromptSpec]]:
-    """Batch number `step`: prompts cycle over the six tags, each with its question and answer."""
-    pixels, specs, _ = scene_batch_with_objects(seed, step, batch_size, size, align)
+def scene_batch(seed: int, step: int, batch_size: int, size: int, align: int = 1,
+                tags: Sequence[str] = GENEVAL_TAGS) -> tuple[torch.Tensor, list[PromptSpec]]:
+    """Batch number `step`: prompts cycle over `tags` (the six), each with its question and answer."""
+    pixels, specs, _ = scene_batch_with_objects(seed, step, batch_size, size, align, tags)
     return pixels, specs
 
 
-def scene_batch_with_objects(seed: int, step: int, batch_size: int, size: int,
-                             align: int = 1) -> tuple[torch.Tensor, list[PromptSpec], list[list[PlacedObject]]]:
+def scene_batch_with_objects(seed: int, step: int, batch_size: int, size: int, align: int = 1,
+                             tags: Sequence[str] = GENEVAL_TAGS,
+                             ) -> tuple[torch.Tensor, list[PromptSpec], list[list[PlacedObject]]]:
     """`scene_batch` plus the objects each image shows (the labels of the vision stage)."""
     rng = np.random.default_rng([seed, step])
     world = get_world("shapes")
     images, specs, objects = [], [], []
     for i in range(batch_size):
-        spec = sample_prompt(GENEVAL_TAGS[(step * batch_size + i) % len(GENEVAL_TAGS)], world, rng)
+        spec = sample_prompt(tags[(step * batch_size + i) % len(tags)], world, rng)
         q, a = question_answer(spec)
         spec = dataclasses.replace(spec, question=q, answer=a)
         image, placed = render_scene(spec, rng, size, align=align)

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from unirl_kit.backbones.base import GenerationBatch, image_seed, resolve_cfg_scale
+from unirl_kit.backbones.base import GenerationBatch, image_seed
 from unirl_kit.prompts.answers import grade_answer
 from unirl_kit.prompts.qa import question_and_truth
 from unirl_kit.rewards.base import Sample
@@ -69,8 +69,7 @@ def generate_groups(policy: Policy, specs: list[PromptSpec], offset: int, step: 
     try:
         with torch.no_grad(), policy.gathered(), policy.autocast():
             return policy.backbone.generate([sp.prompt for sp in specs], group_size=cfg.group_size, seeds=seeds,
-                                            cfg_scale=resolve_cfg_scale(policy.backbone, s.cfg_scale),
-                                            temperature=s.temperature, top_k=s.top_k,
+                                            cfg_scale=s.cfg_scale, temperature=s.temperature, top_k=s.top_k,
                                             top_p=s.top_p)
     finally:
         policy.model.train(was_training)
@@ -121,7 +120,7 @@ def _gen_terms(policy: Policy, rollout: Rollout, rows: slice, cfg: GRPOConfig):
     prompts = [rollout.specs[i // k].prompt for i in range(rows.start, rows.stop)]
     tokens = rollout.batch.tokens[rows]
     s = cfg.sampling
-    scale = resolve_cfg_scale(policy.backbone, s.cfg_scale) if cfg.logprob == "guided" else 1.0  # 1: cond. rows alone
+    scale = s.cfg_scale if cfg.logprob == "guided" else 1.0  # 1: the conditional rows alone; None: the weights' own
     trajectory = None if rollout.batch.trajectory is None else rollout.batch.trajectory[rows]
     logp, entropy = policy.backbone.image_logprobs(prompts, tokens, scale, s.temperature, with_entropy=True,
                                                    trajectory=trajectory)
