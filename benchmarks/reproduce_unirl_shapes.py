@@ -1,9 +1,12 @@
 """UniRL's comparison reproduced on tiny-shapes: the shipped baseline, UniRL-SFT, UniRL-GRPO (self-qa
 reward) and GRPO with the `geneval` reward (the detector as judge, as Flow-GRPO does), each over seeds.
 
-python benchmarks/reproduce_unirl_shapes.py [--size smoke|small|full] [--seeds 0 1 2] [--out runs/reproduce]
-Each arm x seed is one `unirl loop` (configs/loop/tiny_shapes.yaml plus the arm's overrides), so it
-resumes where it stopped; the table (mean ± std over seeds) goes to OUT/table.md and OUT/table.json.
+python benchmarks/reproduce_unirl_shapes.py [--config configs/reproduce/tiny_shapes.yaml] [--size smoke|small|full]
+    [--seeds 0 1 2] [--arms baseline unirl-grpo] [--out runs/reproduce]
+Each arm x seed is one `unirl loop` (the config's loop_config plus the arm's and the size's settings), so a
+killed run resumes where it stopped. A trained arm's round 0 is the baseline of the same seed (same model,
+prompts and image seeds), so it is copied from there instead of evaluated again. The table (mean ± std over
+seeds, and each arm's paired difference to the baseline) goes to OUT/SIZE/table.md and table.json.
 Issue 6's target: UniRL-GRPO raises overall GenEval-shapes by >= 0.10 over the baseline within 30 min
 of CPU, with understanding accuracy not lower and the imbalance lower.
 """
@@ -12,42 +15,82 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-# size -> (held-out prompts, images each, training steps, clean renders per question type)
-SIZES = {"smoke": (6, 2, 1, 2), "small": (60, 2, 20, 20), "full": (300, 4, 150, 50)}
-ARMS = {
-    "baseline": {"rounds": 0},
-    "unirl-sft": {"rounds": 1, "train": "sft"},
-    "unirl-grpo (self-qa)": {"rounds": 1, "train": "grpo", "reward": "self-qa"},
-    "grpo (geneval reward)": {"rounds": 1, "train": "grpo", "reward": "geneval"},
-}
 ROOT = Path(__file__).resolve().parents[1]
+BASELINE = "baseline"
 
 
-def run_arm(arm: str, seed: int, size: str, out: Path) -> dict:
+@dataclass
+class ReproduceConfig:
+    loop_config: str = "configs/loop/tiny_shapes.yaml"
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    eval_seed: int = 1234
+    sizes: dict[str, dict[str, int]] = field(default_factory=dict)
+    arms: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def loop_overrides(cfg: ReproduceConfig, arm: str, size: str, seed: int, out: Path) -> list[str]:
+    """`unirl loop` overrides for one arm x seed: the size's eval and step counts, the arm's training."""
+    from unirl_kit.types import InputError
+
+    if size not in cfg.sizes:
+        raise InputError(f"--size {size!r}: the config's sizes are {', '.join(cfg.sizes)}")
+    if arm not in cfg.arms:
+        raise InputError(f"--arms {arm!r}: the config's arms are {', '.join(cfg.arms)}")
+    sz = dict(cfg.sizes[size])
+    steps = sz.pop("steps")
+    spec = dict(cfg.arms[arm])
+    over = [f"out={out}", f"seed={seed}", f"eval_seed={cfg.eval_seed + seed}", "progress=false",
+            *(f"{k}={v}" for k, v in sz.items())]
+    for key in ("grpo_config", "sft_config"):  # relative to the project, wherever the script is started
+        over.append(f"{key}={ROOT / 'configs' / key.split('_')[0] / 'tiny_shapes.yaml'}")
+    for key, value in spec.items():
+        if key in ("grpo_overrides", "sft_overrides"):
+            value = [*value, f"run.steps={steps}"]
+            over.append(f"{key}={json.dumps(value)}")
+        else:
+            over.append(f"{key}={value}")
+    return over
+
+
+def reuse_baseline(baseline: Path, out: Path) -> None:
+    """Copy the finished round 0 (and its prompts) of the same seed's baseline into a trained arm's folder."""
+    src = baseline / "round-000"
+    if not (src / "eval.done.json").exists() or (out / "round-000" / "eval.done.json").exists():
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(baseline / "prompts", out / "prompts", dirs_exist_ok=True)
+    shutil.copytree(src, out / "round-000", dirs_exist_ok=True)
+
+
+def run_arm(cfg: ReproduceConfig, arm: str, seed: int, size: str, root: Path) -> dict:
     from unirl_kit.config import load_config
     from unirl_kit.loop.config import LoopConfig
     from unirl_kit.loop.run import run_loop
 
-    n_eval, group, steps, per_tag = SIZES[size]
-    spec = ARMS[arm]
-    over = [f"out={out}", f"seed={seed}", f"rounds={spec['rounds']}", f"n_eval={n_eval}", f"eval_group_size={group}",
-            f"understanding_per_tag={per_tag}", "progress=false",
-            f"grpo_config={ROOT / 'configs/grpo/tiny_shapes.yaml'}", f"sft_config={ROOT / 'configs/sft/tiny_shapes.yaml'}"]
-    if "train" in spec:
-        over.append(f"train={spec['train']}")
-    cfg = load_config(LoopConfig, ROOT / "configs" / "loop" / "tiny_shapes.yaml", {}, over)
-    cfg.grpo_overrides = [f"run.steps={steps}", f"rewards=[{spec.get('reward', 'self-qa')}]"]
-    cfg.sft_overrides = [f"run.steps={steps}"]
+    out = root / arm / f"seed{seed}"
+    if arm != BASELINE:
+        reuse_baseline(root / BASELINE / f"seed{seed}", out)
+    loop = load_config(LoopConfig, ROOT / cfg.loop_config, {}, loop_overrides(cfg, arm, size, seed, out))
     t0 = time.perf_counter()
-    report = run_loop(cfg)
+    report = run_loop(loop)
+    return row_of(arm, seed, report, out, round(time.perf_counter() - t0, 1))
+
+
+def row_of(arm: str, seed: int, report: dict, out: Path, seconds: float) -> dict:
+    """One table row from a loop report: the last round's numbers and the training's wall time."""
     last = report["rounds"][-1]
-    und = (last.get("understanding") or {})
-    return {"arm": arm, "seed": seed, "seconds": round(time.perf_counter() - t0, 1),
-            "geneval": last["geneval"], "clean": und.get("clean"), "imbalance": und.get("imbalance")}
+    und = last.get("understanding") or {}
+    train = out / f"round-{len(report['rounds']) - 1:03d}" / "train.done.json"
+    train_s = json.loads(train.read_text())["seconds"] if train.exists() and len(report["rounds"]) > 1 else 0.0
+    return {"arm": arm, "seed": seed, "seconds": seconds, "train_seconds": train_s, "geneval": last["geneval"],
+            "clean": und.get("clean"), "imbalance": und.get("imbalance")}
 
 
 def _mean_std(values: list[float | None]) -> str:
@@ -57,43 +100,60 @@ def _mean_std(values: list[float | None]) -> str:
     return f"{statistics.mean(vals):.3f} ± {statistics.stdev(vals):.3f}" if len(vals) > 1 else f"{vals[0]:.3f}"
 
 
-def table(rows: list[dict]) -> str:
+def paired_deltas(rows: list[dict], arm: str) -> list[float]:
+    """Overall GenEval of `arm` minus the baseline's, seed by seed (same eval images): the comparison's noise floor."""
+    base = {r["seed"]: r["geneval"]["overall"] for r in rows if r["arm"] == BASELINE}
+    return [r["geneval"]["overall"] - base[r["seed"]] for r in rows if r["arm"] == arm and r["seed"] in base]
+
+
+def table(rows: list[dict], arms: list[str]) -> str:
     tags = sorted({t for r in rows for t in (r["geneval"] or {}).get("tags", {})})
     types = sorted({t for r in rows for t in ((r["clean"] or {}).get("accuracy") or {})})
-    head = ["arm", "GenEval overall", *tags, "understanding (clean)", *[f"und {t}" for t in types], "imbalance", "wall s"]
+    head = ["arm", "seeds", "GenEval overall", "Δ vs baseline (paired)", *tags, "understanding (clean)",
+            *[f"und {t}" for t in types], "imbalance", "train s", "wall s"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for arm in ARMS:
+    for arm in arms:
         sel = [r for r in rows if r["arm"] == arm]
         if not sel:
             continue
-        cells = [arm, _mean_std([r["geneval"]["overall"] for r in sel])]
+        cells = [arm, str(len(sel)), _mean_std([r["geneval"]["overall"] for r in sel]),
+                 "" if arm == BASELINE else _mean_std(paired_deltas(rows, arm))]
         cells += [_mean_std([r["geneval"]["tags"].get(t) for r in sel]) for t in tags]
         cells.append(_mean_std([(r["clean"] or {}).get("overall") for r in sel]))
         cells += [_mean_std([((r["clean"] or {}).get("accuracy") or {}).get(t) for r in sel]) for t in types]
         cells.append(_mean_std([(r["imbalance"] or {}).get("imbalance") for r in sel]))
+        cells.append(_mean_std([r["train_seconds"] for r in sel]))
         cells.append(_mean_std([r["seconds"] for r in sel]))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
 def main() -> None:
+    from unirl_kit.config import load_config
+
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--size", choices=sorted(SIZES), default="small")
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
+    ap.add_argument("--config", type=Path, default=ROOT / "configs" / "reproduce" / "tiny_shapes.yaml")
+    ap.add_argument("--size", default="small")
+    ap.add_argument("--seeds", type=int, nargs="+", default=None, help="default: the config's seeds")
+    ap.add_argument("--arms", nargs="+", default=None, help="default: all of the config's arms")
     ap.add_argument("--out", type=Path, default=Path("runs/reproduce"))
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
+    cfg = load_config(ReproduceConfig, args.config)
+    arms = args.arms or list(cfg.arms)
+    if BASELINE not in arms:
+        arms = [BASELINE, *arms]  # every comparison is paired with the baseline of its seed
+    arms = [BASELINE] + [a for a in arms if a != BASELINE]
+    root = args.out / args.size
     rows = []
-    for arm in args.arms:
-        for seed in args.seeds:
-            folder = args.out / args.size / arm.split(" ")[0] / (arm.split("(")[-1].rstrip(")") if "(" in arm else "") / f"seed{seed}"
-            rows.append(run_arm(arm, seed, args.size, folder))
-            print(f"{arm} seed {seed}: GenEval {rows[-1]['geneval']['overall']:.3f} in {rows[-1]['seconds']} s", flush=True)
-    text = table(rows)
-    (args.out / args.size).mkdir(parents=True, exist_ok=True)
-    (args.out / args.size / "table.md").write_text(text)
-    (args.out / args.size / "table.json").write_text(json.dumps(rows, indent=2) + "\n")
+    for seed in args.seeds or cfg.seeds:
+        for arm in arms:
+            rows.append(run_arm(cfg, arm, seed, args.size, root))
+            print(f"{arm} seed {seed}: GenEval {rows[-1]['geneval']['overall']:.3f} "
+                  f"(train {rows[-1]['train_seconds']} s, wall {rows[-1]['seconds']} s)", flush=True)
+    text = table(rows, arms)
+    (root / "table.md").write_text(text)
+    (root / "table.json").write_text(json.dumps(rows, indent=2) + "\n")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2) + "\n")
     print(text)
