@@ -70,3 +70,16 @@ def tiny_geneval_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def unirl_cli():
     """`run_unirl` as a fixture, so test modules need not import conftest."""
     return run_unirl
+
+
+def load_benchmark(name: str):
+    """A script of benchmarks/ as a module (they are scripts, not a package), registered in sys.modules so
+    its dataclasses resolve their annotations."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module

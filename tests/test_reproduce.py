@@ -3,13 +3,12 @@ round 0 is reused, and the table reports mean ± std and the paired difference."
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from conftest import load_benchmark
 
 from unirl_kit.types import InputError
 
@@ -18,11 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def rep():
-    spec = importlib.util.spec_from_file_location("reproduce_unirl_shapes", ROOT / "benchmarks" / "reproduce_unirl_shapes.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve the module's annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("reproduce_unirl_shapes")
 
 
 def _committed(rep):
