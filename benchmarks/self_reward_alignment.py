@@ -4,8 +4,8 @@ python benchmarks/self_reward_alignment.py --results DIR/geneval/results.jsonl [
     [--limit N] [--json OUT.json]
 The results file is what `unirl eval geneval` writes for generated images (e.g. a `unirl loop` round's
 `geneval/results.jsonl`, or `tiny_shapes_quality.py`'s). For every image two self-rewards are computed with
-the backbone: `self-qa` (the graded greedy answer, the reward UniRL-GRPO trains on) and the log-likelihood
-of the ground-truth answer (mean per answer token). Printed per tag: how often GenEval calls the image
+the backbone: `self-qa` (the graded greedy answer, the reward UniRL-GRPO trains on) and `self-qa-likelihood`
+(the probability of the ground-truth answer, exp of its mean log-prob per token). Printed per tag: how often GenEval calls the image
 correct; each reward's AUC for telling correct from wrong images (0.5 = no better than chance); and
 the same inside groups (pairs of images of one prompt with different verdicts, the comparison GRPO's
 group-relative advantage makes). A judge near 0.5 inside groups gives GRPO no signal about GenEval.
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-REWARDS = ("self-qa", "truth log-likelihood")
+REWARDS = ("self-qa", "self-qa-likelihood")
 
 
 def auc(pos: list[float], neg: list[float]) -> float | None:
@@ -48,31 +48,26 @@ def within_group(rows: list[dict], key: str) -> tuple[float | None, int]:
 
 def judge(results: Path, backbone_name: str, model: str | None, limit: int | None, batch: int = 32) -> list[dict]:
     """One row per judged image: tag, prompt, GenEval verdict and both self-rewards."""
-    import torch
     from PIL import Image
 
     from unirl_kit.backbones.loading import load_backbone
-    from unirl_kit.prompts.qa import question_and_truth
     from unirl_kit.prompts.schema import parse_spec
+    from unirl_kit.registry import registry
     from unirl_kit.rewards.base import Sample
-    from unirl_kit.rewards.self_qa import SelfQAReward
 
     lines = [json.loads(x) for x in results.read_text().splitlines() if x.strip()][:limit]
     backbone = load_backbone(backbone_name, model, "auto", "auto", {})
-    self_qa = SelfQAReward(backbone, batch_size=batch)
+    rewards = {name: registry("rewards").build(name, backbone=backbone, batch_size=batch) for name in REWARDS}
     out = []
     for start in range(0, len(lines), batch):
         chunk = lines[start:start + batch]
         specs = [parse_spec(json.loads(r["metadata"]), f"{results}: line {start + i + 1}") for i, r in enumerate(chunk)]
         images = [Image.open(_image_path(results, r["filename"])).convert("RGB") for r in chunk]
-        graded = self_qa([Sample(spec, im) for spec, im in zip(specs, images, strict=True)]).scores
-        qa = [question_and_truth(spec) for spec in specs]
-        with torch.no_grad():
-            scores = backbone.answer_logprobs(images, [q for q, _ in qa], [t for _, t in qa])
-        mean_ll = ((scores.logprobs * scores.mask).sum(-1) / scores.mask.sum(-1).clamp(min=1)).tolist()
-        for r, g, ll in zip(chunk, graded, mean_ll, strict=True):
+        samples = [Sample(spec, im) for spec, im in zip(specs, images, strict=True)]
+        scores = {name: reward(samples).scores for name, reward in rewards.items()}
+        for i, r in enumerate(chunk):
             out.append({"tag": r["tag"], "prompt": r["prompt"], "correct": bool(r["correct"]),
-                        "self-qa": g, "truth log-likelihood": ll})
+                        **{name: scores[name][i] for name in REWARDS}})
     return out
 
 
@@ -122,7 +117,7 @@ def main() -> None:
     args = ap.parse_args()
     table = summarize(judge(args.results, args.backbone, args.model, args.limit))
     cols = ["images", "correct", "self-qa: mean if correct", "self-qa: mean if wrong", "self-qa: AUC",
-            "self-qa: AUC in groups", "truth log-likelihood: AUC", "truth log-likelihood: AUC in groups", "pairs in groups"]
+            "self-qa: AUC in groups", "self-qa-likelihood: AUC", "self-qa-likelihood: AUC in groups", "pairs in groups"]
     print("| tag | " + " | ".join(cols) + " |\n|" + "---|" * (len(cols) + 1))
     for tag, entry in table.items():
         print(f"| {tag} | " + " | ".join(_fmt(entry[c]) for c in cols) + " |")

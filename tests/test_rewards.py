@@ -91,6 +91,54 @@ def test_self_qa_with_tiny_shapes_prefers_right_colours():
     assert np.mean(clean) > np.mean(wrong) + 0.3, (np.mean(clean), np.mean(wrong))
 
 
+
+class ScoringBackbone:
+    """Teacher-forced scores from a table keyed by question: fixed log-probs, the truth's length + EOS."""
+
+    def __init__(self, per_token: dict[str, list[float]]) -> None:
+        self.per_token = per_token
+        self.calls: list[dict] = []
+
+    def answer_logprobs(self, images: list, questions: list[str], answers: list[str]):
+        import torch
+
+        from unirl_kit.backbones.base import AnswerScores
+
+        self.calls.append({"n": len(images), "answers": list(answers)})
+        width = max(len(self.per_token[q]) for q in questions)
+        logprobs = torch.zeros(len(questions), width)
+        mask = torch.zeros(len(questions), width, dtype=torch.bool)
+        for i, q in enumerate(questions):
+            values = self.per_token[q]
+            logprobs[i, :len(values)] = torch.tensor(values)
+            mask[i, :len(values)] = True
+        return AnswerScores(logprobs, mask, torch.zeros(len(questions), width, dtype=torch.long))
+
+
+def test_self_qa_likelihood_is_the_geometric_mean_probability_of_the_truth():
+    spec = PromptSpec("colors", "a photo of a red circle", (Requirement("circle", 1, "red"),),
+                      question="Q1", answer="red")
+    other = PromptSpec("colors", "a photo of a blue square", (Requirement("square", 1, "blue"),),
+                       question="Q2", answer="blue")
+    backbone = ScoringBackbone({"Q1": [math.log(0.5), math.log(0.5)], "Q2": [math.log(0.9), math.log(0.1), 0.0]})
+    reward = registry("rewards").build("self-qa-likelihood", backbone=backbone, batch_size=2)
+    out = reward([Sample(spec, BLANK), Sample(other, BLANK), Sample(spec, BLANK)])
+    assert out.scores == pytest.approx([0.5, (0.9 * 0.1 * 1.0) ** (1 / 3), 0.5])  # padding does not count
+    assert out.details[0] == {"question": "Q1", "truth": "red", "mean_logprob": pytest.approx(math.log(0.5))}
+    assert [c["n"] for c in backbone.calls] == [2, 1] and backbone.calls[0]["answers"] == ["red", "blue"]
+    with pytest.raises(InputError, match="batch_size"):
+        registry("rewards").build("self-qa-likelihood", backbone=backbone, batch_size=0)
+
+
+def test_self_qa_likelihood_with_tiny_shapes_prefers_right_colours():
+    backbone = registry("backbones").build("tiny-shapes", device="cpu")
+    specs = _specs(("colors",), 24, seed=3)
+    reward = registry("rewards").build("self-qa-likelihood", backbone=backbone)
+    clean = reward(_renders(specs, 4, size=backbone.image_size)).scores
+    wrong = reward(_renders(specs, 4, error="color", size=backbone.image_size)).scores
+    assert all(0.0 < s <= 1.0 for s in clean + wrong)
+    assert np.mean(clean) > np.mean(wrong) + 0.3, (np.mean(clean), np.mean(wrong))
+
 # ---- geneval -------------------------------------------------------------------------------------
 
 def test_requirement_checks_are_what_the_verdict_ands():
@@ -202,7 +250,7 @@ def test_clip_score_never_downloads(tiny_clip, monkeypatch):
 
 def test_builtin_rewards_are_registered_with_their_names():
     reg = registry("rewards")
-    for name, needs_backbone in (("self-qa", True), ("geneval", False), ("geneval-partial", False),
+    for name, needs_backbone in (("self-qa", True), ("self-qa-likelihood", True), ("geneval", False), ("geneval-partial", False),
                                  ("clip-score", False)):
         assert name in reg.names()
         assert reg.get(name).name == name and reg.get(name).needs_backbone is needs_backbone

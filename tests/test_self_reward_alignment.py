@@ -18,7 +18,7 @@ def test_auc_counts_ties_half_and_needs_both_kinds(bench):
 
 
 def _r(prompt, correct, reward, tag="counting"):
-    return {"tag": tag, "prompt": prompt, "correct": correct, "self-qa": reward, "truth log-likelihood": -reward}
+    return {"tag": tag, "prompt": prompt, "correct": correct, "self-qa": reward, "self-qa-likelihood": -reward}
 
 
 def test_within_group_compares_only_images_of_one_prompt(bench):
@@ -32,6 +32,6 @@ def test_summarize_per_tag_and_all(bench):
     rows = [_r("a", True, 1.0), _r("a", False, 0.0), _r("x", True, 0.0, tag="colors"), _r("x", False, 1.0, tag="colors")]
     table = bench.summarize(rows)
     assert table["counting"]["self-qa: AUC"] == 1.0 and table["colors"]["self-qa: AUC in groups"] == 0.0
-    assert table["counting"]["truth log-likelihood: AUC"] == 0.0  # the negated reward ranks the other way
+    assert table["counting"]["self-qa-likelihood: AUC"] == 0.0  # the negated reward ranks the other way
     assert table["all"]["images"] == 4 and table["all"]["self-qa: AUC"] == 0.5 and table["all"]["pairs in groups"] == 2
     assert table["counting"]["self-qa: mean if correct"] == 1.0 and table["counting"]["self-qa: mean if wrong"] == 0.0

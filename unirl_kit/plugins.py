@@ -56,6 +56,10 @@ REGISTRIES["rewards"].register(
     description="the policy answers UniRL's question about its own image; graded credit 0..1 (needs backbone)",
 )
 REGISTRIES["rewards"].register(
+    "self-qa-likelihood", "unirl_kit.rewards.self_qa:SelfQALikelihoodReward",
+    description="the policy's own probability of the true answer about its image, exp(mean log p) (needs backbone)",
+)
+REGISTRIES["rewards"].register(
     "geneval", "unirl_kit.rewards.geneval_reward:GenevalReward",
     description="GenEval's verdict, 1 or 0, with eval geneval's detector, colour classifier and rules",
 )
