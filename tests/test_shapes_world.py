@@ -348,6 +348,31 @@ def test_controlled_errors_still_fail_under_blur_and_colour_noise(size):
     assert failed / total >= 0.98
 
 
+
+
+@pytest.mark.parametrize("size", [64, 96])
+def test_pixel_noise_is_not_an_object(size):
+    from unirl_kit.worlds.shapes.analyze import detect_shapes
+
+    rng = np.random.default_rng(size)
+    for _ in range(20):
+        assert detect_shapes(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)) == []
+
+
+def test_decoded_random_tokens_score_near_zero():
+    """What a policy drifting into noise draws: the shipped tokenizer's decoding of uniformly random tokens.
+    Before the area and colour-purity rules these scored 0.25 on GenEval-shapes (single_object 0.67)."""
+    import torch
+
+    from unirl_kit.registry import registry
+
+    backbone = registry("backbones").build("tiny-shapes", device="cpu")
+    specs = generate_prompts("shapes", 200, 2)
+    tokens = torch.randint(0, 512, (len(specs), 256), generator=torch.Generator().manual_seed(0))
+    images = backbone.decode_tokens(tokens)
+    correct = sum(judge(spec, image).correct for spec, image in zip(specs, images, strict=True))
+    assert correct <= 2, correct  # measured 0 of 200; the old rules (min_area 8, no purity rule) gave 26
+
 # --------------------------------------------------------------------------------------------
 # colour classifier
 

@@ -18,8 +18,10 @@ class ShapesDetector:
     classes: Sequence[str] = SHAPES
     default_color_classifier = "shapes"
 
-    def __init__(self, max_color_distance: float = 90.0, min_area: int = 8, full_score_iou: float = 0.85):
-        self.options = dict(max_color_distance=max_color_distance, min_area=min_area, full_score_iou=full_score_iou)
+    def __init__(self, max_color_distance: float = 90.0, min_area: int = 32, full_score_iou: float = 0.85,
+                 max_object_distance: float = 40.0):
+        self.options = dict(max_color_distance=max_color_distance, min_area=min_area, full_score_iou=full_score_iou,
+                            max_object_distance=max_object_distance)
 
     def detect(self, images: Sequence[Image.Image], filenames: Sequence[str]) -> list[list[Detection]]:
         return [detect_shapes(np.asarray(img.convert("RGB")), **self.options) for img in images]
