@@ -134,13 +134,15 @@ def test_grpo_trains_show_o_with_lora_and_exports_a_loadable_folder(showo_dir, t
     from unirl_kit.config import load_config
     from unirl_kit.prompts.cmd import PromptsConfig, run_prompts
     from unirl_kit.registry import registry
+    from unirl_kit.testing.rewards import BRIGHTNESS, register_test_rewards
     from unirl_kit.training.config import GRPOConfig
     from unirl_kit.training.grpo_run import run_grpo
 
+    register_test_rewards()  # spread on a random model's noise images, which GenEval-shapes scores 0
     prompts = tmp_path / "prompts.jsonl"
     run_prompts(PromptsConfig(world="shapes", n=4, seed=0, out=str(prompts)))
     out = tmp_path / "grpo"
-    items = {"prompts": str(prompts), "prompts_per_step": 2, "group_size": 3, "rewards": '["geneval-partial"]',
+    items = {"prompts": str(prompts), "prompts_per_step": 2, "group_size": 3, "rewards": f'["{BRIGHTNESS}"]',
              "backbone.name": "showo", "backbone.model": str(showo_dir), "backbone.device": "cpu",
              "backbone.options": '{"timesteps": 4}', "beta": "0.1", "lora.enabled": "true", "lora.r": "4",
              "lora.target_modules": '["q_proj", "k_proj", "v_proj", "dense"]', "optim.lr": "1e-3",

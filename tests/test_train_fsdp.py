@@ -9,26 +9,16 @@ import os
 import socket
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from unirl_kit.rewards.base import RewardOutput
+from unirl_kit.testing.rewards import BRIGHTNESS, register_test_rewards
 from unirl_kit.types import InputError
 
-BRIGHT = "test-fsdp-brightness"
+BRIGHT = BRIGHTNESS
 TOL = 1e-5  # float rounding: FSDP's reduce-scatter average vs one process's sum, then 2-4 AdamW steps
-
-
-class Brightness:
-    """Mean pixel brightness: spread on noise images, so advantages (and gradients) are not zero."""
-
-    name = BRIGHT
-    needs_backbone = False
-
-    def __call__(self, samples):
-        return RewardOutput([float(np.asarray(s.image, dtype=np.float32).mean() / 255.0) for s in samples])
 
 
 PICK = "test-fsdp-pick"
@@ -47,12 +37,7 @@ class Pick:
 
 
 def _register() -> None:
-    from unirl_kit.registry import REGISTRIES, registry
-
-    registry("rewards")
-    for name, cls in ((BRIGHT, Brightness), (PICK, Pick)):
-        if name not in REGISTRIES["rewards"].names():
-            REGISTRIES["rewards"].register(name, cls)
+    register_test_rewards(Pick)
 
 
 @pytest.fixture(scope="module")

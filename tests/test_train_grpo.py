@@ -7,33 +7,18 @@ import os
 import socket
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from unirl_kit.rewards.base import RewardOutput
+from unirl_kit.testing.rewards import BRIGHTNESS, LowTokens, register_test_rewards
 from unirl_kit.types import InputError
 
-BRIGHT = "test-brightness"
-
-
-class Brightness:
-    """A reward with spread on noise images: mean pixel brightness (so advantages are not all zero)."""
-
-    name = BRIGHT
-    needs_backbone = False
-
-    def __call__(self, samples):
-        return RewardOutput([float(np.asarray(s.image, dtype=np.float32).mean() / 255.0) for s in samples])
+BRIGHT = BRIGHTNESS
 
 
 def _register() -> None:
-    from unirl_kit.registry import REGISTRIES, registry
-
-    registry("rewards")  # built-ins first
-    if BRIGHT not in REGISTRIES["rewards"].names():
-        REGISTRIES["rewards"].register(BRIGHT, Brightness)
+    register_test_rewards()
 
 
 @pytest.fixture(scope="module")
@@ -205,19 +190,6 @@ def test_lora_with_kl_and_the_und_target(small_janus, prompts, tmp_path):
 
 
 
-class LowTokens:
-    """The share of an image's tokens in the lower half of the codebook: a reward every token moves."""
-
-    name = "test-low-tokens"
-    needs_backbone = False
-
-    def __call__(self, samples):
-        return RewardOutput([float((s.tokens < LOW_SPLIT).float().mean()) for s in samples])
-
-
-LOW_SPLIT = 256  # half of the random tiny Janus's codebook (512)
-
-
 def test_grpo_raises_a_learnable_reward(small_janus, prompts, tmp_path):
     """The whole recipe, judged by its purpose: on fresh seeds the trained policy's reward beats the start's.
 
@@ -225,23 +197,20 @@ def test_grpo_raises_a_learnable_reward(small_janus, prompts, tmp_path):
     negated, log-probs of the wrong rows, a gradient that never reaches the generation head). Before and
     after are sampled on the same fixed seeds, so only the policy changed."""
     from unirl_kit.backbones.loading import load_backbone
-    from unirl_kit.registry import REGISTRIES, registry
     from unirl_kit.training.grpo_run import run_grpo
 
-    registry("rewards")
-    if LowTokens.name not in REGISTRIES["rewards"].names():
-        REGISTRIES["rewards"].register(LowTokens.name, LowTokens)
+    _register()
     out = tmp_path / "learn"
     run_grpo(_cfg(small_janus, prompts, out, group_size=4, rewards=[LowTokens.name],
                   **{"run.steps": 16, "optim.lr": 1e-2}))
 
     def reward(model: Path) -> float:
         backbone = load_backbone("janus", str(model), "cpu", "float32", {})
-        assert backbone.model.config.vq_config.num_embeddings == 2 * LOW_SPLIT
+        assert backbone.model.config.vq_config.num_embeddings == 2 * LowTokens.split
         seeds = [[1000 + 10 * p + k for k in range(8)] for p in range(2)]
         batch = backbone.generate(["a photo of a red circle", "a photo of two squares"], group_size=8, seeds=seeds,
                                   cfg_scale=2.0, temperature=1.0)
-        return float((batch.tokens < LOW_SPLIT).float().mean())
+        return float((batch.tokens < LowTokens.split).float().mean())
 
     before, after = reward(small_janus), reward(out / "final")
     assert after > before + 0.05, (before, after, [r["reward/mean"] for r in _metrics(out)])
