@@ -87,10 +87,21 @@ def row_of(arm: str, seed: int, report: dict, out: Path, seconds: float) -> dict
     """One table row from a loop report: the last round's numbers and the training's wall time."""
     last = report["rounds"][-1]
     und = last.get("understanding") or {}
-    train = out / f"round-{len(report['rounds']) - 1:03d}" / "train.done.json"
-    train_s = json.loads(train.read_text())["seconds"] if train.exists() and len(report["rounds"]) > 1 else 0.0
-    return {"arm": arm, "seed": seed, "seconds": seconds, "train_seconds": train_s, "geneval": last["geneval"],
-            "clean": und.get("clean"), "imbalance": und.get("imbalance")}
+    return {"arm": arm, "seed": seed, "seconds": seconds, "train_seconds": train_seconds(out, len(report["rounds"]) - 1),
+            "geneval": last["geneval"], "clean": und.get("clean"), "imbalance": und.get("imbalance")}
+
+
+def train_seconds(out: Path, round_index: int) -> float:
+    """Seconds spent in training steps (generate + score + update, from metrics.jsonl), so a run that was
+    killed and resumed counts every step once and the model loading not at all; 0 for the baseline."""
+    if round_index == 0:
+        return 0.0
+    total = 0.0
+    for metrics in sorted((out / f"round-{round_index:03d}").glob("train*/metrics.jsonl")):
+        for line in metrics.read_text().splitlines():
+            row = json.loads(line)
+            total += sum(v for k, v in row.items() if k.startswith("time/"))
+    return round(total, 1)
 
 
 def _mean_std(values: list[float | None]) -> str:
