@@ -48,8 +48,11 @@ def loop_overrides(cfg: ReproduceConfig, arm: str, size: str, seed: int, out: Pa
     spec = dict(cfg.arms[arm])
     over = [f"out={out}", f"seed={seed}", f"eval_seed={cfg.eval_seed + seed}", "progress=false",
             *(f"{k}={v}" for k, v in sz.items())]
-    for key in ("grpo_config", "sft_config"):  # relative to the project, wherever the script is started
-        over.append(f"{key}={ROOT / 'configs' / key.split('_')[0] / 'tiny_shapes.yaml'}")
+    from unirl_kit.config import read_yaml
+
+    for key, value in read_yaml(ROOT / cfg.loop_config).items():  # the loop config's trainer configs, found
+        if key in ("grpo_config", "sft_config") and value and not Path(value).is_absolute():  # wherever we run
+            over.append(f"{key}={ROOT / value}")
     for key, value in spec.items():
         if key in ("grpo_overrides", "sft_overrides"):
             value = [*value, f"run.steps={steps}"]

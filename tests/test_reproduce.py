@@ -43,6 +43,9 @@ def test_committed_arms_become_valid_loop_configs(rep, tmp_path):
             assert trained[-1] == steps
     grpo = load_config(LoopConfig, ROOT / cfg.loop_config, {}, rep.loop_overrides(cfg, "unirl-grpo", "small", 0, tmp_path))
     assert grpo.grpo_overrides[0].startswith("rewards=[self-qa")
+    # the loop config's trainer configs are found from any working directory
+    assert grpo.grpo_config == str(ROOT / "configs" / "grpo" / "tiny_shapes.yaml")
+    assert grpo.sft_config == str(ROOT / "configs" / "sft" / "tiny_shapes.yaml")
 
 
 def test_unknown_size_or_arm_is_one_clear_error(rep, tmp_path):
