@@ -55,7 +55,6 @@ class SelfQAReward:
         return RewardOutput(scores, details)
 
 
-
 class SelfQALikelihoodReward:
     """The policy's own probability of the ground-truth answer about its image: exp(mean log p) per token.
 
