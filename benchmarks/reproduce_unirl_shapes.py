@@ -90,7 +90,7 @@ def row_of(arm: str, seed: int, report: dict, out: Path, seconds: float) -> dict
     """One table row from a loop report: the last round's numbers and the training's wall time."""
     last = report["rounds"][-1]
     und = last.get("understanding") or {}
-    return {"arm": arm, "seed": seed, "seconds": seconds, "train_seconds": train_seconds(out, len(report["rounds"]) - 1),
+    return {"arm": arm, "seed": seed, "seconds_this_run": seconds, "train_seconds": train_seconds(out, len(report["rounds"]) - 1),
             "geneval": last["geneval"], "clean": und.get("clean"), "imbalance": und.get("imbalance")}
 
 
@@ -124,7 +124,7 @@ def table(rows: list[dict], arms: list[str]) -> str:
     tags = sorted({t for r in rows for t in (r["geneval"] or {}).get("tags", {})})
     types = sorted({t for r in rows for t in ((r["clean"] or {}).get("accuracy") or {})})
     head = ["arm", "seeds", "GenEval overall", "Δ vs baseline (paired)", *tags, "understanding (clean)",
-            *[f"und {t}" for t in types], "imbalance", "train s", "wall s"]
+            *[f"und {t}" for t in types], "imbalance", "train s"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for arm in arms:
         sel = [r for r in rows if r["arm"] == arm]
@@ -137,7 +137,6 @@ def table(rows: list[dict], arms: list[str]) -> str:
         cells += [_mean_std([((r["clean"] or {}).get("accuracy") or {}).get(t) for r in sel]) for t in types]
         cells.append(_mean_std([(r["imbalance"] or {}).get("imbalance") for r in sel]))
         cells.append(_mean_std([r["train_seconds"] for r in sel]))
-        cells.append(_mean_std([r["seconds"] for r in sel]))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -164,7 +163,7 @@ def main() -> None:
         for arm in arms:
             rows.append(run_arm(cfg, arm, seed, args.size, root))
             print(f"{arm} seed {seed}: GenEval {rows[-1]['geneval']['overall']:.3f} "
-                  f"(train {rows[-1]['train_seconds']} s, wall {rows[-1]['seconds']} s)", flush=True)
+                  f"(train {rows[-1]['train_seconds']} s; this run {rows[-1]['seconds_this_run']} s)", flush=True)
     text = table(rows, arms)
     (root / "table.md").write_text(text)
     (root / "table.json").write_text(json.dumps(rows, indent=2) + "\n")

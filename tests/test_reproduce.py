@@ -57,7 +57,7 @@ def test_unknown_size_or_arm_is_one_clear_error(rep, tmp_path):
 
 
 def _row(arm, seed, overall, clean=0.8, imbalance=0.2, train=10.0):
-    return {"arm": arm, "seed": seed, "seconds": train + 5, "train_seconds": train,
+    return {"arm": arm, "seed": seed, "seconds_this_run": train + 5, "train_seconds": train,
             "geneval": {"overall": overall, "tags": {"colors": overall}},
             "clean": {"overall": clean, "accuracy": {"colors": clean}}, "imbalance": {"imbalance": imbalance}}
 
