@@ -6,7 +6,8 @@ python benchmarks/reproduce_unirl_shapes.py [--config configs/reproduce/tiny_sha
 Each arm x seed is one `unirl loop` (the config's loop_config plus the arm's and the size's settings), so a
 killed run resumes where it stopped. A trained arm's round 0 is the baseline of the same seed (same model,
 prompts and image seeds), so it is copied from there instead of evaluated again. The table (mean ± std over
-seeds, and each arm's paired difference to the baseline) goes to OUT/SIZE/table.md and table.json.
+seeds, and each arm's paired difference to the baseline) goes to OUT/SIZE/table.md and table.json; it holds
+every arm x seed finished under OUT/SIZE, not only this run's.
 Issue 6's target: UniRL-GRPO raises overall GenEval-shapes by >= 0.10 over the baseline within 30 min
 of CPU, with understanding accuracy not lower and the imbalance lower.
 """
@@ -107,6 +108,18 @@ def train_seconds(out: Path, round_index: int) -> float:
     return round(total, 1)
 
 
+def finished_rows(cfg: ReproduceConfig, root: Path, have: set[tuple[str, int]]) -> list[dict]:
+    """Rows of the config's arms x seeds that earlier runs finished (their loop wrote report.json), so the
+    table always holds everything measured under `root`, whichever arms and seeds this run was given."""
+    rows = []
+    for arm in cfg.arms:
+        for seed in cfg.seeds:
+            out = root / arm / f"seed{seed}"
+            if (arm, seed) not in have and (out / "report.json").exists():
+                rows.append(row_of(arm, seed, json.loads((out / "report.json").read_text()), out, 0.0))
+    return rows
+
+
 def _mean_std(values: list[float | None]) -> str:
     vals = [v for v in values if v is not None]
     if not vals:
@@ -164,7 +177,9 @@ def main() -> None:
             rows.append(run_arm(cfg, arm, seed, args.size, root))
             print(f"{arm} seed {seed}: GenEval {rows[-1]['geneval']['overall']:.3f} "
                   f"(train {rows[-1]['train_seconds']} s; this run {rows[-1]['seconds_this_run']} s)", flush=True)
-    text = table(rows, arms)
+    rows += finished_rows(cfg, root, {(r["arm"], r["seed"]) for r in rows})
+    rows.sort(key=lambda r: (list(cfg.arms).index(r["arm"]), r["seed"]))
+    text = table(rows, list(cfg.arms))
     (root / "table.md").write_text(text)
     (root / "table.json").write_text(json.dumps(rows, indent=2) + "\n")
     if args.json:

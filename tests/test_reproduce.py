@@ -98,3 +98,6 @@ def test_end_to_end_reuses_the_baseline_round(rep, tmp_path):
     assert report["rounds"][0]["geneval"] == base["geneval"] and len(report["rounds"]) == 2
     assert arm["train_seconds"] > 0 and base["train_seconds"] == 0.0
     assert rep.paired_deltas([base, arm], "grpo") == [arm["geneval"]["overall"] - base["geneval"]["overall"]]
+    # a later run given other arms still tables what is finished on disk
+    found = rep.finished_rows(cfg, root, {("grpo", 0)})
+    assert [(r["arm"], r["seed"]) for r in found] == [("baseline", 0)] and found[0]["geneval"] == base["geneval"]
