@@ -60,7 +60,7 @@ class SelfQALikelihoodReward:
 
     Why beside `self-qa`: a greedy answer is one guess, graded; the likelihood says how sure the model is
     that the image shows what the prompt asked, so it separates a group's images more finely
-    (benchmarks/self_reward_alignment.py: AUC 0.71 against GenEval's verdict inside groups, self-qa 0.65,
+    (benchmarks/self_reward_alignment.py: AUC 0.71 against GenEval's verdict inside groups, self-qa 0.64,
     on the shipped tiny-shapes). One teacher-forced pass, no decoding."""
 
     name: ClassVar[str] = "self-qa-likelihood"
