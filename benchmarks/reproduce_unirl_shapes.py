@@ -36,21 +36,25 @@ class ReproduceConfig:
     arms: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
-def loop_overrides(cfg: ReproduceConfig, arm: str, size: str, seed: int, out: Path) -> list[str]:
-    """`unirl loop` overrides for one arm x seed: the size's eval and step counts, the arm's training."""
+def check_request(cfg: ReproduceConfig, arm: str, size: str) -> None:
     from unirl_kit.types import InputError
 
     if size not in cfg.sizes:
         raise InputError(f"--size {size!r}: the config's sizes are {', '.join(cfg.sizes)}")
     if arm not in cfg.arms:
         raise InputError(f"--arms {arm!r}: the config's arms are {', '.join(cfg.arms)}")
+
+
+def loop_overrides(cfg: ReproduceConfig, arm: str, size: str, seed: int, out: Path) -> list[str]:
+    """`unirl loop` overrides for one arm x seed: the size's eval and step counts, the arm's training."""
+    from unirl_kit.config import read_yaml
+
+    check_request(cfg, arm, size)
     sz = dict(cfg.sizes[size])
     steps = sz.pop("steps")
     spec = dict(cfg.arms[arm])
     over = [f"out={out}", f"seed={seed}", f"eval_seed={cfg.eval_seed + seed}", "progress=false",
             *(f"{k}={v}" for k, v in sz.items())]
-    from unirl_kit.config import read_yaml
-
     for key, value in read_yaml(ROOT / cfg.loop_config).items():  # the loop config's trainer configs, found
         if key in ("grpo_config", "sft_config") and value and not Path(value).is_absolute():  # wherever we run
             over.append(f"{key}={ROOT / value}")
@@ -84,28 +88,15 @@ def run_arm(cfg: ReproduceConfig, arm: str, seed: int, size: str, root: Path) ->
     loop = load_config(LoopConfig, ROOT / cfg.loop_config, {}, loop_overrides(cfg, arm, size, seed, out))
     t0 = time.perf_counter()
     report = run_loop(loop)
-    return row_of(arm, seed, report, out, round(time.perf_counter() - t0, 1))
+    return row_of(arm, seed, report, round(time.perf_counter() - t0, 1))
 
 
-def row_of(arm: str, seed: int, report: dict, out: Path, seconds: float) -> dict:
-    """One table row from a loop report: the last round's numbers and the training's wall time."""
+def row_of(arm: str, seed: int, report: dict, seconds: float) -> dict:
+    """One table row from a loop report: the last round's numbers and the seconds its training steps took."""
     last = report["rounds"][-1]
     und = last.get("understanding") or {}
-    return {"arm": arm, "seed": seed, "seconds_this_run": seconds, "train_seconds": train_seconds(out, len(report["rounds"]) - 1),
+    return {"arm": arm, "seed": seed, "seconds_this_run": seconds, "train_seconds": last.get("step_seconds") or 0.0,
             "geneval": last["geneval"], "clean": und.get("clean"), "imbalance": und.get("imbalance")}
-
-
-def train_seconds(out: Path, round_index: int) -> float:
-    """Seconds spent in training steps (generate + score + update, from metrics.jsonl), so a run that was
-    killed and resumed counts every step once and the model loading not at all; 0 for the baseline."""
-    if round_index == 0:
-        return 0.0
-    total = 0.0
-    for metrics in sorted((out / f"round-{round_index:03d}").glob("train*/metrics.jsonl")):
-        for line in metrics.read_text().splitlines():
-            row = json.loads(line)
-            total += sum(v for k, v in row.items() if k.startswith("time/"))
-    return round(total, 1)
 
 
 def finished_rows(cfg: ReproduceConfig, root: Path, have: set[tuple[str, int]]) -> list[dict]:
@@ -116,7 +107,7 @@ def finished_rows(cfg: ReproduceConfig, root: Path, have: set[tuple[str, int]]) 
         for seed in cfg.seeds:
             out = root / arm / f"seed{seed}"
             if (arm, seed) not in have and (out / "report.json").exists():
-                rows.append(row_of(arm, seed, json.loads((out / "report.json").read_text()), out, 0.0))
+                rows.append(row_of(arm, seed, json.loads((out / "report.json").read_text()), 0.0))
     return rows
 
 
@@ -166,10 +157,10 @@ def main() -> None:
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
     cfg = load_config(ReproduceConfig, args.config)
-    arms = args.arms or list(cfg.arms)
-    if BASELINE not in arms:
-        arms = [BASELINE, *arms]  # every comparison is paired with the baseline of its seed
-    arms = [BASELINE] + [a for a in arms if a != BASELINE]
+    # every comparison is paired with the baseline of its seed, so the baseline always runs first
+    arms = [BASELINE] + [a for a in (args.arms or cfg.arms) if a != BASELINE]
+    for arm in arms:  # a typo fails here, before hours of the arms named before it
+        check_request(cfg, arm, args.size)
     root = args.out / args.size
     rows = []
     for seed in args.seeds or cfg.seeds:
@@ -188,4 +179,9 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from unirl_kit.types import InputError
+
+    try:
+        main()
+    except InputError as err:  # a bad --arms/--size or config: one line, not a traceback
+        raise SystemExit(f"error: {err}") from None

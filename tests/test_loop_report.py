@@ -119,6 +119,7 @@ def test_numbers_and_deltas(loop: Path) -> None:
     assert phase["metrics"]["reward/mean"] == [0.1, 0.2, 0.3, 0.4]
     assert phase["metrics"]["kl/gen"] == [0.001, None, 0.001, 0.001]  # NaN -> null
     assert r1["train_seconds"] == 12.5 and r1["trained"] and r1["evaluated"]
+    assert r1["step_seconds"] == 6.0 and r0["step_seconds"] is None  # 4 logged steps x 1.5 s of generate
     assert report["figures"] == {name: f"figures/{name}.png" for name in FIGURES}
 
 

@@ -117,13 +117,21 @@ def _phase(train_dir: Path) -> dict[str, Any] | None:
             "metrics": {k: [_num(r.get(k)) for r in rows] for k in keys}}
 
 
+def _step_seconds(phases: list[dict[str, Any]]) -> float | None:
+    """Seconds inside training steps (every `time/*` column of every phase). Unlike `train_seconds` (the
+    stage's wall clock, model loading and export included, this run's share only), it counts each step
+    once across a kill and resume."""
+    times = [v for p in phases for k, col in p["metrics"].items() if k.startswith("time/") for v in col if v is not None]
+    return round(sum(times), 3) if phases else None
+
+
 def read_round(index: int, folder: Path) -> dict[str, Any]:
     """One round folder; every piece not (yet) on disk is None."""
     phases = [p for d in TRAIN_DIRS if (p := _phase(folder / d)) is not None]
     train_done = _json(folder / "train.done.json")
     return {"round": index, "folder": folder.name, "evaluated": (folder / "eval.done.json").is_file(),
             "trained": isinstance(train_done, dict), "train_seconds": _num(_get(train_done, "seconds")),
-            "geneval": _geneval(folder), "understanding": _understanding(folder), "scores": _scores(folder),
+            "step_seconds": _step_seconds(phases), "geneval": _geneval(folder), "understanding": _understanding(folder), "scores": _scores(folder),
             "training": phases or None}
 
 

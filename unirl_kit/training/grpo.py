@@ -120,7 +120,7 @@ def _gen_terms(policy: Policy, rollout: Rollout, rows: slice, cfg: GRPOConfig):
     prompts = [rollout.specs[i // k].prompt for i in range(rows.start, rows.stop)]
     tokens = rollout.batch.tokens[rows]
     s = cfg.sampling
-    scale = s.cfg_scale if cfg.logprob == "guided" else 1.0  # 1: the conditional rows alone; None: the weights' own
+    scale = s.cfg_scale if cfg.logprob == "guided" else 1.0  # 1: the conditional rows alone
     trajectory = None if rollout.batch.trajectory is None else rollout.batch.trajectory[rows]
     logp, entropy = policy.backbone.image_logprobs(prompts, tokens, scale, s.temperature, with_entropy=True,
                                                    trajectory=trajectory)
