@@ -51,16 +51,21 @@ def loop_overrides(cfg: ReproduceConfig, arm: str, size: str, seed: int, out: Pa
 
     check_request(cfg, arm, size)
     sz = dict(cfg.sizes[size])
-    steps = sz.pop("steps")
     spec = dict(cfg.arms[arm])
+    steps = sz.pop("steps")
+    steps = spec.pop("steps", {}).get(size, steps)  # an arm may set its own steps per size
     over = [f"out={out}", f"seed={seed}", f"eval_seed={cfg.eval_seed + seed}", "progress=false",
             *(f"{k}={v}" for k, v in sz.items())]
     for key, value in read_yaml(ROOT / cfg.loop_config).items():  # the loop config's trainer configs, found
         if key in ("grpo_config", "sft_config") and value and not Path(value).is_absolute():  # wherever we run
             over.append(f"{key}={ROOT / value}")
+    trainer = {"grpo": ["grpo_overrides"], "sft": ["sft_overrides"], "both": ["grpo_overrides", "sft_overrides"]}
+    for key in trainer.get(str(spec.get("train", "grpo")), []) if spec.get("rounds", 1) else []:
+        spec[key] = [*spec.get(key, []), f"run.steps={steps}"]  # every trained arm, overrides or none
     for key, value in spec.items():
-        if key in ("grpo_overrides", "sft_overrides"):
-            value = [*value, f"run.steps={steps}"]
+        if key in ("grpo_config", "sft_config") and value and not Path(value).is_absolute():  # an arm's own
+            over.append(f"{key}={ROOT / value}")
+        elif key in ("grpo_overrides", "sft_overrides"):
             over.append(f"{key}={json.dumps(value)}")
         else:
             over.append(f"{key}={value}")

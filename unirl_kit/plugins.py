@@ -60,6 +60,18 @@ REGISTRIES["rewards"].register(
     description="the policy's own probability of the true answer about its image, exp(mean log p) (needs backbone)",
 )
 REGISTRIES["rewards"].register(
+    "self-caption", "unirl_kit.rewards.self_judges:SelfCaptionReward",
+    description="log P(prompt | own image, 'Describe the image.'); score=share: against the prompt's minimal edits (needs backbone)",
+)
+REGISTRIES["rewards"].register(
+    "self-qa-contrast", "unirl_kit.rewards.self_judges:SelfQAContrastReward",
+    description="P(true answer | own image, question) against the answers of the prompt's minimal edits (needs backbone)",
+)
+REGISTRIES["rewards"].register(
+    "self-ensemble", "unirl_kit.rewards.self_judges:SelfEnsembleReward",
+    description="log P(prompt | own image) + log P(true answer | own image, question): the best-ranking self-judge measured (needs backbone)",
+)
+REGISTRIES["rewards"].register(
     "geneval", "unirl_kit.rewards.geneval_reward:GenevalReward",
     description="GenEval's verdict, 1 or 0, with eval geneval's detector, colour classifier and rules",
 )

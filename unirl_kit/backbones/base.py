@@ -121,6 +121,12 @@ class Backbone(Protocol):
         """Teacher-forced per-token log-probs of the given answers; differentiable."""
         ...
 
+    def candidate_logprobs(self, images: Sequence[Image.Image], questions: Sequence[str],
+                           candidates: Sequence[Sequence[str]]) -> list[list[float]]:
+        """Summed log-prob (answer tokens + EOS) of every candidate answer of every (image, question);
+        no gradient. What the contrastive self-judges read; `candidate_logprobs_by_rows` is the plain way."""
+        ...
+
     def encode_images(self, images: Sequence[Image.Image]) -> torch.Tensor:
         """[N, T] image token ids."""
         ...
@@ -137,6 +143,24 @@ class Backbone(Protocol):
         """Write an HF-style directory (config, safetensors weights, tokenizer/processor) that `load` reads;
         `state_dict` replaces the model's own weights in the file (e.g. LoRA merged)."""
         ...
+
+
+def candidate_logprobs_by_rows(backbone: Any, images: Sequence[Image.Image], questions: Sequence[str],
+                               candidates: Sequence[Sequence[str]]) -> list[list[float]]:
+    """`candidate_logprobs` as one `answer_logprobs` row per (image, candidate): the image and question are
+    read again for every candidate (Janus shares them through the KV cache instead)."""
+    rows = [(i, text) for i, cands in enumerate(candidates) for text in cands]
+    if not rows:
+        return [[] for _ in candidates]
+    with torch.no_grad():
+        got = backbone.answer_logprobs([images[i] for i, _ in rows], [questions[i] for i, _ in rows],
+                                       [text for _, text in rows])
+    totals = got.sequence_logprobs.float().tolist()
+    out, at = [], 0
+    for cands in candidates:
+        out.append(totals[at:at + len(cands)])
+        at += len(cands)
+    return out
 
 
 def check_sampling(group_size: int, top_k: int | None = None, top_p: float | None = None) -> None:

@@ -236,6 +236,46 @@ class JanusBackbone:
         return self._score_answers(enc.input_ids.to(self.device), enc.attention_mask.to(self.device),
                                    self._vision_pixels(pixels), answers)
 
+    @torch.no_grad()
+    def candidate_logprobs(self, images: Sequence[Image.Image], questions: Sequence[str],
+                           candidates: Sequence[Sequence[str]]) -> list[list[float]]:
+        """The image and question run once per image; its KV cache is copied to each of its candidates,
+        which then need only their own few tokens (a contrastive judge asks ~10 per image)."""
+        index = [i for i, cands in enumerate(candidates) for _ in cands]
+        if not index:
+            return [[] for _ in candidates]
+        enc, pixels = self._understanding_inputs(images, questions)
+        mask = enc.attention_mask
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        out = self.model.model(input_ids=enc.input_ids, attention_mask=mask, position_ids=positions,
+                               pixel_values=pixels, use_cache=True)
+        rows = torch.tensor(index, device=self.device)
+        cache = out.cache
+        cache.reorder_cache(rows)  # index_select on the batch: one copy of its image's prefix per candidate
+        tok = self.processor.tokenizer
+        targets = [tok(text, add_special_tokens=False).input_ids + [self.eos] for cands in candidates for text in cands]
+        span = max(len(t) for t in targets)
+        ids = torch.full((len(targets), span), self.special.pad, dtype=torch.long)
+        keep = torch.zeros((len(targets), span), dtype=torch.bool)
+        for r, t in enumerate(targets):
+            ids[r, : len(t)], keep[r, : len(t)] = torch.tensor(t), True
+        ids, keep = ids.to(self.device), keep.to(self.device)
+        first = self.model.lm_head(out.last_hidden_state[:, -1]).float().log_softmax(-1)[rows]  # predicts token 0
+        logp = first.gather(-1, ids[:, :1])
+        if span > 1:
+            full = torch.cat([mask[rows], keep[:, :-1].long()], dim=1)
+            pos = positions[rows, -1:] + 1 + torch.arange(span - 1, device=self.device)
+            hidden = self.model.model(input_ids=ids[:, :-1], attention_mask=full, position_ids=pos,
+                                      cache=cache, use_cache=True).last_hidden_state
+            rest = self.model.lm_head(hidden).float().log_softmax(-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
+            logp = torch.cat([logp, rest], dim=1)
+        totals = (logp * keep).sum(-1).tolist()
+        result, at = [], 0
+        for cands in candidates:
+            result.append(totals[at:at + len(cands)])
+            at += len(cands)
+        return result
+
     def _score_answers(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, pixels: torch.Tensor,
                        answers: Sequence[str]) -> AnswerScores:
         tok = self.processor.tokenizer

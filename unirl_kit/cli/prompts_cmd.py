@@ -14,20 +14,23 @@ def prompts(
     n: int | None = typer.Option(None, "--n", help="number of prompts [default: 120]"),
     seed: int | None = typer.Option(None, help="sampling seed [default: 0]"),
     exclude: Path | None = typer.Option(None, help="prompts file whose prompts must not appear"),
+    shares: str | None = typer.Option(None, help="a training set's share per tag: 'equal' or TAG=W,...; tags "
+                                                  "whose prompts --exclude holds all reuse them (marked held_out: false)"),
     out: Path | None = typer.Option(None, help="output prompts JSONL"),
     config: Path | None = CONFIG_OPTION,
     overrides: list[str] | None = OVERRIDES_ARG,
 ) -> None:
     """Write GenEval-style metadata lines (all six tags) with UniRL questions and answers."""
-    _prompts(world, n, seed, exclude, out, config, overrides)
+    _prompts(world, n, seed, exclude, shares, out, config, overrides)
 
 
 @user_errors
-def _prompts(world, n, seed, exclude, out, config, overrides) -> None:
-    from unirl_kit.prompts.cmd import PromptsConfig, run_prompts
+def _prompts(world, n, seed, exclude, shares, out, config, overrides) -> None:
+    from unirl_kit.prompts.cmd import PromptsConfig, parse_shares, run_prompts
 
     cfg = resolve(PromptsConfig, config, dict(world=world, n=n, seed=seed, exclude=exclude and str(exclude),
-                                               out=out and str(out)), overrides or [])
+                                               shares=shares and parse_shares(shares), out=out and str(out)),
+                  overrides or [])
     specs = run_prompts(cfg)
     typer.echo(f"wrote {len(specs)} prompts to {cfg.out}")
 

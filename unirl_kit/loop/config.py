@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from unirl_kit.training.config import BackboneConfig, SamplingConfig
-from unirl_kit.types import InputError
+from unirl_kit.types import GENEVAL_TAGS, InputError
 
 
 @dataclass
@@ -16,7 +16,11 @@ class LoopConfig:
     seed: int = 0
     world: str = "shapes"
     train: str = "grpo"  # grpo | sft | both (SFT, then GRPO from its result)
-    train_prompts: str | None = None  # default: drawn here, n_train prompts, none of them an eval prompt
+    train_prompts: str | None = None  # default: drawn here, n_train prompts with train_shares per tag
+    # share per tag of the drawn training prompts; held out from the eval set where a tag's prompts allow,
+    # else the eval set's own prompts of that tag with other image seeds (the report names those tags).
+    # null: held-out prompts only, spread evenly over the tags that have any left (before issue 20)
+    train_shares: dict[str, float] | None = field(default_factory=lambda: dict.fromkeys(GENEVAL_TAGS, 1.0))
     eval_prompts: str | None = None  # default: drawn here (n_eval, eval_seed)
     n_train: int = 300
     n_eval: int = 60

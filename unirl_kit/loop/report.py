@@ -160,6 +160,39 @@ def compute_delta(before: dict[str, Any], after: dict[str, Any]) -> dict[str, An
             "scores": {"total": d("scores", "total"), "rewards": each("scores", "rewards")}}
 
 
+def _prompt_file(path: Path) -> list[dict[str, Any]]:
+    rows = [_loads(line) for line in (_read(path) or "").splitlines()]
+    return [r for r in rows if isinstance(r, dict) and "prompt" in r]
+
+
+def prompt_overlap(loop_dir: Path) -> dict[str, Any] | None:
+    """Which tags' training prompts are eval prompts too (a tag whose prompt space the eval set exhausts
+    trains on them with other image seeds), and the eval prompt folders that no training prompt shares."""
+    train, evals = _prompt_file(loop_dir / "prompts" / "train.jsonl"), _prompt_file(loop_dir / "prompts" / "eval.jsonl")
+    if not train or not evals:
+        return None
+    trained = {r["prompt"] for r in train}
+    shared = sorted({r.get("tag") for r in evals if r["prompt"] in trained})
+    held = [f"{i:05d}" for i, r in enumerate(evals) if r["prompt"] not in trained]
+    return {"overlapping_tags": shared, "held_out_folders": held, "held_out_prompts": len(held),
+            "eval_prompts": len(evals)}
+
+
+def paired_geneval(loop_dir: Path, before: dict, after: dict, overlap: dict | None) -> dict[str, Any] | None:
+    """GenEval after - before per prompt (same prompts, same image seeds), with n and a 95% bootstrap
+    interval, on all eval prompts and on the held-out ones only (eval/geneval/paired.py)."""
+    from unirl_kit.eval.geneval.paired import paired_delta, read_results
+
+    paths = [loop_dir / r["folder"] / "geneval" / "results.jsonl" for r in (before, after)]
+    if not all(p.is_file() for p in paths):
+        return None
+    b, a = (read_results(p) for p in paths)
+    out = {"all": paired_delta(b, a)}
+    if overlap is not None and overlap["overlapping_tags"]:
+        out["held_out"] = paired_delta(b, a, keep=set(overlap["held_out_folders"]))
+    return out
+
+
 def build_report(loop_dir: Path) -> dict[str, Any]:
     """Everything the report says, as a JSON-ready dict (figures not drawn yet)."""
     loop_dir = Path(loop_dir)
@@ -174,10 +207,12 @@ def build_report(loop_dir: Path) -> dict[str, Any]:
     config = _yaml(loop_dir / "config.yaml")
     base = next((r for r in rounds if r["round"] == 0), None)
     last = next((r for r in reversed(rounds) if r["evaluated"] and r["round"] > 0), None)
+    overlap = prompt_overlap(loop_dir)
+    paired = paired_geneval(loop_dir, base, last, overlap) if base is not None and last is not None else None
     return {"loop": loop_dir.name, "planned_rounds": config.get("rounds"), "train_mode": config.get("train"),
             "baseline_round": 0 if base is not None else None, "last_round": last["round"] if last else None,
             "rounds": rounds, "delta": compute_delta(base, last) if base is not None and last is not None else None,
-            "figures": {}}
+            "paired": paired, "prompt_overlap": overlap, "figures": {}}
 
 
 def _f(v: Any, sign: bool = False) -> str:
@@ -197,9 +232,20 @@ def _row(label: str, before: dict, after: dict, *keys: str) -> list[str]:
 
 def tables(report: dict[str, Any]) -> list[Table]:
     """Before/after tables: GenEval per tag, understanding per question type, imbalance, self-scores."""
+    from unirl_kit.eval.geneval.paired import describe
+
     b, a, hb, ha = _pair(report)
-    rows = [_row(t, b, a, "geneval", "tags", t) for t in _keys(b, a, "geneval", "tags")]
-    out: list[Table] = [("GenEval", ["task", hb, ha, "Δ"], [*rows, _row("overall", b, a, "geneval", "overall")])]
+    paired = _get(report, "paired", "all") or {}
+    rows = [[*_row(t, b, a, "geneval", "tags", t), describe(_get(paired, "tags", t) or {})]
+            for t in _keys(b, a, "geneval", "tags")]
+    rows.append([*_row("overall", b, a, "geneval", "overall"), describe(paired.get("overall") or {})])
+    out: list[Table] = [("GenEval", ["task", hb, ha, "Δ", "paired Δ [95% CI], n"], rows)]
+    held = _get(report, "paired", "held_out")
+    if held:
+        tags = ", ".join(_get(report, "prompt_overlap", "overlapping_tags") or [])
+        rows = [[t, describe(e)] for t, e in held["tags"].items()] + [["overall", describe(held["overall"])]]
+        out.append((f"GenEval on held-out eval prompts only (training also drew {tags}: their prompts are eval "
+                    "prompts with other image seeds)", ["task", "paired Δ [95% CI], n"], rows))
     for name, title in UND_TYPES.items():
         if _get(b, "understanding", name) or _get(a, "understanding", name):
             rows = [_row(t, b, a, "understanding", name, "accuracy", t)
@@ -243,11 +289,16 @@ def changes(report: dict[str, Any]) -> list[str]:
         if x is not None or y is not None:
             out.append(f"{name}: {_f(x)} → {_f(y)} ({_f(_sub(y, x), True)}){note}.")
 
-    moved("GenEval overall", "geneval", "overall")
-    deltas = {t: d for t, d in (_get(report, "delta", "geneval", "tags") or {}).items() if d is not None}
+    from unirl_kit.eval.geneval.paired import describe
+
+    paired = _get(report, "paired", "all") or {}
+    moved("GenEval overall", "geneval", "overall",
+          note=f"; paired {describe(paired['overall'])}" if paired.get("overall") else "")
+    deltas = {t: e for t, e in (paired.get("tags") or {}).items() if e.get("delta") is not None}
     if len(deltas) > 1:
-        up = sorted(deltas, key=lambda t: (-deltas[t], t))
-        out.append(f"GenEval per tag: best {up[0]} ({_f(deltas[up[0]], True)}), worst {up[-1]} ({_f(deltas[up[-1]], True)}).")
+        up = sorted(deltas, key=lambda t: (-deltas[t]["delta"], t))
+        out.append(f"GenEval per tag: best {up[0]} ({describe(deltas[up[0]])}), worst {up[-1]} "
+                   f"({describe(deltas[up[-1]])}).")
     for name, title in UND_TYPES.items():
         moved(f"Understanding on {title}", "understanding", name, "overall")
     moved("Imbalance", "understanding", "imbalance", "imbalance", note=", lower is better")

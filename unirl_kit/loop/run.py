@@ -30,7 +30,7 @@ def _finish(folder: Path, stage: str, info: dict) -> dict:
 
 
 def make_prompts(cfg: LoopConfig, out: Path) -> tuple[Path, Path]:
-    """(train prompts, eval prompts): given files, or drawn here (train excludes every eval prompt)."""
+    """(train prompts, eval prompts): given files, or drawn here (train by `train_shares`, see LoopConfig)."""
     from unirl_kit.prompts.cmd import PromptsConfig, run_prompts
 
     folder = out / "prompts"
@@ -40,7 +40,7 @@ def make_prompts(cfg: LoopConfig, out: Path) -> tuple[Path, Path]:
         run_prompts(PromptsConfig(world=cfg.world, n=cfg.n_eval, seed=cfg.eval_seed, out=str(eval_file)))
     if not cfg.train_prompts and not train_file.exists():
         run_prompts(PromptsConfig(world=cfg.world, n=cfg.n_train, seed=cfg.train_seed, exclude=str(eval_file),
-                                  out=str(train_file)))
+                                  shares=cfg.train_shares, out=str(train_file)))
     for path in (eval_file, train_file):
         if not path.exists():
             raise InputError(f"{path}: prompt file not found")

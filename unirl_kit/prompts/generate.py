@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 
@@ -40,34 +40,52 @@ def get_world(name: str) -> World:
     raise InputError(f"unknown world {name!r}; expected shapes or coco")
 
 
+def make_spec(tag: str, a: str, b: str | None = None, *, count: int = 1, color_a: str | None = None,
+              color_b: str | None = None, relation: str | None = None) -> PromptSpec:
+    """A tag's prompt in GenEval's template, from its parts (no question/answer yet). Position: `a` is
+    `relation` `b` ("a photo of a {a} {relation} a {b}"); counting: `count` of `a` (1: the single template)."""
+    if tag == "single_object" or (tag == "counting" and count == 1):
+        return PromptSpec(tag, f"a photo of {with_article(a)}", (Requirement(a, 1),),
+                          (Requirement(a, 2),) if tag == "counting" else ())
+    if tag == "two_object":
+        return PromptSpec(tag, f"a photo of {with_article(a)} and {with_article(b)}",
+                          (Requirement(a, 1), Requirement(b, 1)))
+    if tag == "counting":
+        return PromptSpec(tag, f"a photo of {NUMBER_WORDS[count]} {make_plural(a)}",
+                          (Requirement(a, count),), (Requirement(a, count + 1),))
+    if tag == "colors":
+        return PromptSpec(tag, f"a photo of {with_article(color_a)} {a}", (Requirement(a, 1, color_a),))
+    if tag == "position":
+        return PromptSpec(tag, f"a photo of {with_article(a)} {relation} {with_article(b)}",
+                          (Requirement(b, 1), Requirement(a, 1, position=(relation, 0))))
+    if tag == "color_attr":
+        return PromptSpec(tag, f"a photo of {with_article(color_a)} {a} and {with_article(color_b)} {b}",
+                          (Requirement(a, 1, color_a), Requirement(b, 1, color_b)))
+    raise InputError(f"unknown tag {tag!r}; expected one of {', '.join(GENEVAL_TAGS)}")
+
+
 def sample_prompt(tag: str, w: World, rng: np.random.Generator) -> PromptSpec:
     """One random prompt of a tag (no question/answer yet), by GenEval's sampling rules."""
     cls = w.classes
     colorable = [c for c in cls if c not in w.colorless]
     if tag == "single_object":
-        c = str(rng.choice(cls))
-        return PromptSpec(tag, f"a photo of {with_article(c)}", (Requirement(c, 1),))
+        return make_spec(tag, str(rng.choice(cls)))
     if tag == "two_object":
         a, b = (str(x) for x in rng.choice(cls, size=2, replace=False))
-        return PromptSpec(tag, f"a photo of {with_article(a)} and {with_article(b)}",
-                          (Requirement(a, 1), Requirement(b, 1)))
+        return make_spec(tag, a, b)
     if tag == "counting":
         c, n = str(rng.choice(cls)), int(rng.integers(2, 4, endpoint=True))
-        return PromptSpec(tag, f"a photo of {NUMBER_WORDS[n]} {make_plural(c)}",
-                          (Requirement(c, n),), (Requirement(c, n + 1),))
+        return make_spec(tag, c, count=n)
     if tag == "colors":
         c, col = str(rng.choice(colorable)), str(rng.choice(w.colors))
-        return PromptSpec(tag, f"a photo of {with_article(col)} {c}", (Requirement(c, 1, col),))
+        return make_spec(tag, c, color_a=col)
     if tag == "position":
         a, b = (str(x) for x in rng.choice(cls, size=2, replace=False))
-        rel = str(rng.choice(RELATIONS))
-        return PromptSpec(tag, f"a photo of {with_article(a)} {rel} {with_article(b)}",
-                          (Requirement(b, 1), Requirement(a, 1, position=(rel, 0))))
+        return make_spec(tag, a, b, relation=str(rng.choice(RELATIONS)))
     if tag == "color_attr":
         a, b = (str(x) for x in rng.choice(colorable, size=2, replace=False))
         ca, cb = (str(x) for x in rng.choice(w.colors, size=2, replace=False))
-        return PromptSpec(tag, f"a photo of {with_article(ca)} {a} and {with_article(cb)} {b}",
-                          (Requirement(a, 1, ca), Requirement(b, 1, cb)))
+        return make_spec(tag, a, b, color_a=ca, color_b=cb)
     raise InputError(f"unknown tag {tag!r}; expected one of {', '.join(GENEVAL_TAGS)}")
 
 
@@ -95,17 +113,55 @@ def generate_prompts(world: str, n: int, seed: int, exclude: Mapping[str, str] |
             if remaining > 0 and quota[t] < free[t]:
                 quota[t] += 1
                 remaining -= 1
-    out: list[PromptSpec] = []
     seen = set(exclude)
-    for t in tags:
-        got, tries = 0, 0
-        while got < quota[t] and tries < 200 * quota[t] + 1000:
-            tries += 1
-            spec = sample_prompt(t, w, rng)
-            if spec.prompt in seen:
-                continue
-            seen.add(spec.prompt)
-            q, a = question_answer(spec)
-            out.append(dataclasses.replace(spec, question=q, answer=a))
-            got += 1
+    return [p for t in tags for p in _draw(t, quota[t], w, rng, seen)]
+
+
+def _draw(tag: str, count: int, w: World, rng: np.random.Generator, seen: set[str]) -> list[PromptSpec]:
+    """Up to `count` new prompts of `tag` not in `seen` (which grows), with question and answer."""
+    out: list[PromptSpec] = []
+    tries = 0
+    while len(out) < count and tries < 200 * count + 1000:
+        tries += 1
+        spec = sample_prompt(tag, w, rng)
+        if spec.prompt in seen:
+            continue
+        seen.add(spec.prompt)
+        q, a = question_answer(spec)
+        out.append(dataclasses.replace(spec, question=q, answer=a))
+    return out
+
+
+def share_quotas(n: int, shares: Mapping[str, float]) -> dict[str, int]:
+    """`n` split by weight, largest remainders first (ties in tag order), so the quotas sum to `n`."""
+    total = sum(shares.values())
+    if not shares or total <= 0 or any(v < 0 for v in shares.values()):
+        raise InputError(f"shares: weights must be >= 0 with a positive sum, got {dict(shares)}")
+    exact = {t: n * v / total for t, v in shares.items()}
+    quota = {t: int(x) for t, x in exact.items()}
+    order = sorted(shares, key=lambda t: -(exact[t] - quota[t]))
+    for t in order[: n - sum(quota.values())]:
+        quota[t] += 1
+    return quota
+
+
+def generate_training_prompts(world: str, n: int, seed: int, shares: Mapping[str, float],
+                              held_out: Sequence[PromptSpec] = ()) -> list[PromptSpec]:
+    """`n` training prompts with a share per tag (weights), kept out of `held_out` wherever the tag's
+    prompt space allows. Where it does not (the shapes world has 6 single-object prompts), the tag is
+    filled with the held-out set's own prompts of that tag (marked `held_out: false`, trained with other
+    image seeds), and a tag with fewer distinct prompts than its quota repeats them, so every tag keeps
+    its share under the trainers' uniform draw."""
+    unknown = sorted(set(shares) - set(GENEVAL_TAGS))
+    if unknown:
+        raise InputError(f"shares: {unknown[0]!r} is not a tag; expected some of {', '.join(GENEVAL_TAGS)}")
+    w = get_world(world)
+    rng = np.random.default_rng(seed)
+    seen = {s.prompt for s in held_out}
+    out: list[PromptSpec] = []
+    for tag, quota in share_quotas(n, shares).items():
+        fresh = _draw(tag, quota, w, rng, seen)
+        reused = [dataclasses.replace(s, extra=(*s.extra, ("held_out", False))) for s in held_out if s.tag == tag]
+        pool = fresh + reused[: max(0, quota - len(fresh))]
+        out += [pool[i % len(pool)] for i in range(quota)] if pool else []
     return out

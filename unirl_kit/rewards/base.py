@@ -115,6 +115,26 @@ class ComposedReward:
         return totals, records
 
 
+JUDGES = ("policy", "reference")
+
+
+def judge_backbone(backbone: Any, judge: str, name: str) -> Any:
+    """The model a self-judge asks: the live policy (`policy`, UniRL's setting: it drifts as it trains), or a
+    frozen copy of the weights it was built with (`reference`: the starting model, a judge the policy cannot
+    move). The copy costs one more set of weights in memory."""
+    if judge not in JUDGES:
+        raise InputError(f"{name}: judge must be one of {', '.join(JUDGES)}, got {judge!r}")
+    if judge == "policy":
+        return backbone
+    import copy
+
+    frozen = copy.deepcopy(backbone)
+    frozen.model.eval()
+    for p in frozen.model.parameters():
+        p.requires_grad_(False)
+    return frozen
+
+
 def build_rewards(specs: Sequence[str], options: dict[str, dict[str, Any]] | None = None,
                   backbone: Any = None) -> ComposedReward:
     """`--reward` specs (NAME[:WEIGHT]) -> ComposedReward; `options[NAME]` are that reward's kwargs."""

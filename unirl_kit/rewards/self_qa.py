@@ -10,7 +10,7 @@ from typing import Any, ClassVar
 
 from unirl_kit.prompts.answers import grade_answer
 from unirl_kit.prompts.qa import question_and_truth
-from unirl_kit.rewards.base import RewardOutput, Sample
+from unirl_kit.rewards.base import RewardOutput, Sample, judge_backbone
 from unirl_kit.types import InputError
 
 
@@ -20,11 +20,11 @@ class SelfQAReward:
     name: ClassVar[str] = "self-qa"
     needs_backbone: ClassVar[bool] = True
 
-    def __init__(self, backbone: Any, batch_size: int = 32, max_new_tokens: int = 32) -> None:
+    def __init__(self, backbone: Any, batch_size: int = 32, max_new_tokens: int = 32, judge: str = "policy") -> None:
         if batch_size < 1 or max_new_tokens < 1:
             raise InputError(f"self-qa: batch_size and max_new_tokens must be >= 1, got {batch_size}, "
                              f"{max_new_tokens}")
-        self.backbone = backbone
+        self.backbone = judge_backbone(backbone, judge, self.name)
         self.batch_size = batch_size
         self.max_new_tokens = max_new_tokens
 
@@ -66,10 +66,10 @@ class SelfQALikelihoodReward:
     name: ClassVar[str] = "self-qa-likelihood"
     needs_backbone: ClassVar[bool] = True
 
-    def __init__(self, backbone: Any, batch_size: int = 32) -> None:
+    def __init__(self, backbone: Any, batch_size: int = 32, judge: str = "policy") -> None:
         if batch_size < 1:
             raise InputError(f"self-qa-likelihood: batch_size must be >= 1, got {batch_size}")
-        self.backbone = backbone
+        self.backbone = judge_backbone(backbone, judge, self.name)
         self.batch_size = batch_size
 
     def __call__(self, samples: Sequence[Sample]) -> RewardOutput:

@@ -81,6 +81,9 @@ class GRPOConfig:
     beta: float = 0.0  # k3 KL weight; 0 keeps no reference model
     loss_type: str = "grpo"
     scale_rewards: str = "group"  # group | batch | none
+    negative_weight: float = 1.0  # multiplies negative advantages (< 1 trusts a noisy judge's "worse" less)
+    dynamic_sampling: bool = False  # DAPO: replace groups whose rewards all tie by newly drawn ones
+    max_redraws: int = 4  # dynamic sampling: at most this many extra draws of prompts_per_step per step
     target: str = "gen"  # gen | und | joint
     logprob: str = "guided"  # gen log-probs: guided (the CFG mix sampled from) | conditional (cond. branch only)
     gen_weight: float = 1.0
@@ -117,6 +120,13 @@ def check_grpo(cfg: GRPOConfig, world: int = 1) -> None:
         raise InputError(f"scale_rewards: {cfg.scale_rewards!r} is not one of group, batch, none")
     if cfg.num_iterations < 1:
         raise InputError(f"num_iterations: must be at least 1, got {cfg.num_iterations}")
+    if not 0 <= cfg.negative_weight <= 1:
+        raise InputError(f"negative_weight: must be in [0, 1], got {cfg.negative_weight}")
+    if cfg.max_redraws < 0:
+        raise InputError(f"max_redraws: must be >= 0, got {cfg.max_redraws}")
+    if cfg.dynamic_sampling and cfg.target != "gen":
+        raise InputError(f"dynamic_sampling: drops groups whose image rewards tie, so it needs target gen, "
+                         f"got {cfg.target}")
     if cfg.epsilon < 0 or (cfg.epsilon_high is not None and cfg.epsilon_high < 0):
         raise InputError("epsilon and epsilon_high must be >= 0")
     if cfg.beta < 0:
@@ -167,7 +177,11 @@ class SFTConfig:
     mode: str = "und"  # und | e2e | gen-rs
     prompts_per_step: int = 4
     group_size: int = 4  # images per prompt; the global batch is prompts_per_step x group_size
-    threshold: float | None = None  # gen-rs only (required there): keep images with reward >= threshold
+    threshold: float | None = None  # gen-rs: keep images with reward >= threshold
+    keep_top: int = 0  # gen-rs: keep the top k of each group by reward (self-RAFT / best-of-N); 0: off
+    # gen-rs: the NLL of kept images under the distribution they were sampled from (guided: the CFG mix, so
+    # sampling with guidance afterwards does not extrapolate twice) or the conditional branch alone
+    logprob: str = "guided"
     rewards: list[str] = field(default_factory=lambda: ["self-qa"])  # gen-rs only
     reward_options: dict = field(default_factory=dict)
     gumbel_tau: float = 1.0  # e2e: Gumbel-softmax temperature
@@ -192,11 +206,17 @@ def check_sft(cfg: SFTConfig, world: int = 1) -> None:
         raise InputError(f"prompts_per_step: must be at least 1, got {cfg.prompts_per_step}")
     if cfg.prompts_per_step % world:
         raise InputError(f"prompts_per_step ({cfg.prompts_per_step}) must divide by the {world} processes")
-    if cfg.mode == "gen-rs" and cfg.threshold is None:
-        raise InputError("threshold: mode gen-rs keeps images whose reward >= threshold; give one (threshold=1.0)")
-    if cfg.mode != "gen-rs" and cfg.threshold is not None:
-        raise InputError(f"threshold: only mode gen-rs filters images; mode {cfg.mode} trains on all of them "
-                         "(drop threshold or set mode=gen-rs)")
+    if cfg.keep_top < 0 or cfg.keep_top >= max(cfg.group_size, 1) and cfg.keep_top:
+        raise InputError(f"keep_top: keeps the best k of each group of {cfg.group_size}, so 0 (off) <= k < "
+                         f"group_size, got {cfg.keep_top}")
+    if cfg.logprob not in ("guided", "conditional"):
+        raise InputError(f"logprob: {cfg.logprob!r} is not one of guided, conditional")
+    if cfg.mode == "gen-rs" and cfg.threshold is None and not cfg.keep_top:
+        raise InputError("mode gen-rs keeps images by threshold (reward >= threshold) and/or keep_top (the best k "
+                         "of each group); give one (threshold=1.0 or keep_top=1)")
+    if cfg.mode != "gen-rs" and (cfg.threshold is not None or cfg.keep_top):
+        raise InputError(f"threshold / keep_top: only mode gen-rs filters images; mode {cfg.mode} trains on all of "
+                         "them (drop them or set mode=gen-rs)")
     if cfg.mode == "gen-rs" and not cfg.rewards:
         raise InputError("rewards: mode gen-rs needs at least one reward to filter images by")
     if cfg.gumbel_tau <= 0:

@@ -3,6 +3,8 @@
 1. `sample_prompts`     - this step's prompts, drawn from the prompt file by (seed, step);
 2. `generate_groups`    - `group_size` images per prompt with the current policy's fast sampler;
 3. `score_groups`       - the configured rewards (and, for the `und` target, sampled answers graded);
+                          with `dynamic_sampling` (DAPO), `informative_groups` replaces groups whose
+                          rewards all tie by groups of newly drawn prompts, up to `max_redraws` draws;
 4. `compute_advantages` - group-relative, over the global batch (whole groups, gathered over ranks);
 5. `policy_update`      - `num_iterations` passes of the clipped policy-gradient loss (+ k3 KL).
 """
@@ -48,10 +50,11 @@ class Rollout:
     und_rewards: torch.Tensor | None = None
 
 
-def sample_prompts(pool: list[PromptSpec], step: int, cfg: GRPOConfig, rank: int, world: int
+def sample_prompts(pool: list[PromptSpec], step: int, cfg: GRPOConfig, rank: int, world: int, draw: int = 0
                    ) -> tuple[list[PromptSpec], int]:
-    """(this rank's prompts, offset): `prompts_per_step` drawn by (seed, step), split in whole groups."""
-    rng = np.random.default_rng([cfg.run.seed, 7, step])
+    """(this rank's prompts, offset): `prompts_per_step` drawn by (seed, step), split in whole groups.
+    `draw` > 0: dynamic sampling's replacement draws of the same step, each from its own stream."""
+    rng = np.random.default_rng([cfg.run.seed, 7, step] + ([draw] if draw else []))
     n = cfg.prompts_per_step
     picks = rng.choice(len(pool), size=n, replace=len(pool) < n)
     per = n // world
@@ -59,9 +62,11 @@ def sample_prompts(pool: list[PromptSpec], step: int, cfg: GRPOConfig, rank: int
     return [pool[int(i)] for i in mine], rank * per
 
 
-def generate_groups(policy: Policy, specs: list[PromptSpec], offset: int, step: int, cfg: GRPOConfig) -> GenerationBatch:
-    """Image k of global prompt p at step s is drawn from seed (run.seed, s, p, k): rank layout never matters."""
-    base = image_seed(cfg.run.seed, step, 1 << 20)
+def generate_groups(policy: Policy, specs: list[PromptSpec], offset: int, step: int, cfg: GRPOConfig,
+                    draw: int = 0) -> GenerationBatch:
+    """Image k of global prompt p at step s is drawn from seed (run.seed, s, p, k): rank layout never matters.
+    Replacement draws (`draw` > 0) have seeds of their own."""
+    base = image_seed(cfg.run.seed, step, (1 << 20) + (draw << 8))
     seeds = [[image_seed(base, offset + p, k) for k in range(cfg.group_size)] for p in range(len(specs))]
     s = cfg.sampling
     was_training = policy.model.training
@@ -101,12 +106,53 @@ def score_groups(policy: Policy, reward, specs: list[PromptSpec], offset: int, b
     return rollout
 
 
+def tied_groups(rewards: torch.Tensor, group_size: int) -> list[bool]:
+    """Per group: do all its rewards tie (no signal for a group-relative advantage)?"""
+    groups = rewards.view(-1, group_size)
+    return (groups.max(dim=1).values == groups.min(dim=1).values).tolist()
+
+
+def informative_groups(policy: Policy, reward, pool: list[PromptSpec], step: int, cfg: GRPOConfig, rank: int,
+                       world: int) -> tuple[Rollout, int]:
+    """DAPO's dynamic sampling, per rank: keep the groups whose rewards differ, and draw new prompts (and
+    their groups) for the tied ones, at most `max_redraws` more times; groups still missing are filled
+    with tied ones (zero advantage), so every rank trains on as many rows as without it. Returns the
+    rollout and the number of draws made."""
+    k = cfg.group_size
+    kept: list[tuple[PromptSpec, GenerationBatch, slice, torch.Tensor, list]] = []
+    spare: list[tuple[PromptSpec, GenerationBatch, slice, torch.Tensor, list]] = []
+    need = cfg.prompts_per_step // world
+    draws = 0
+    for draw in range(cfg.max_redraws + 1):
+        specs, offset = sample_prompts(pool, step, cfg, rank, world, draw)
+        batch = generate_groups(policy, specs, offset, step, cfg, draw)
+        got = score_groups(policy, reward, specs, offset, batch, step, cfg)
+        draws += 1
+        for g, tied in enumerate(tied_groups(got.rewards, k)):
+            rows = slice(g * k, (g + 1) * k)
+            (spare if tied else kept).append((specs[g], batch, rows, got.rewards[rows], got.records[rows]))
+        if len(kept) >= need:
+            break
+    chosen = (kept + spare)[:need]
+    merged = GenerationBatch(
+        images=[im for _, b, rows, _, _ in chosen for im in b.images[rows]],
+        tokens=torch.cat([b.tokens[rows] for _, b, rows, _, _ in chosen]),
+        logprobs=torch.cat([b.logprobs[rows] for _, b, rows, _, _ in chosen]),
+        seeds=[s for _, b, rows, _, _ in chosen for s in b.seeds[rows]],
+        trajectory=None if chosen[0][1].trajectory is None else torch.cat([b.trajectory[rows] for _, b, rows, _, _ in chosen]))
+    rollout = Rollout([c[0] for c in chosen], rank * need, merged, torch.cat([c[3] for c in chosen]),
+                      [r for c in chosen for r in c[4]])
+    return rollout, draws
+
+
 def compute_advantages(rewards: torch.Tensor, cfg: GRPOConfig, rank: int, world: int
                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(this rank's advantages, its zero-std flags, all ranks' rewards): computed on the gathered batch,
     so 1 process and N processes see the same numbers."""
     everything = gather_floats(rewards, world)
     adv, zero = group_advantages(everything, cfg.group_size, cfg.scale_rewards)
+    if cfg.negative_weight != 1.0:  # a noisy judge's "worse than the group" is the less reliable half
+        adv = torch.where(adv < 0, adv * cfg.negative_weight, adv)
     per = len(rewards)
     return adv[rank * per: (rank + 1) * per], zero[rank * per: (rank + 1) * per], everything
 
@@ -220,12 +266,17 @@ def train_step(policy: Policy, optimizer, reward, pool: list[PromptSpec], step: 
     """Steps 1-5 for one training step; returns its metrics row."""
     times = {}
     t0 = time.perf_counter()
-    specs, offset = sample_prompts(pool, step, cfg, rank, world)
-    batch = generate_groups(policy, specs, offset, step, cfg)
-    times["generate"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    rollout = score_groups(policy, reward, specs, offset, batch, step, cfg)
-    times["score"] = time.perf_counter() - t0
+    draws = 1
+    if cfg.dynamic_sampling:  # generation and scoring interleave: both timed as "generate"
+        rollout, draws = informative_groups(policy, reward, pool, step, cfg, rank, world)
+        times["generate"] = time.perf_counter() - t0
+    else:
+        specs, offset = sample_prompts(pool, step, cfg, rank, world)
+        batch = generate_groups(policy, specs, offset, step, cfg)
+        times["generate"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        rollout = score_groups(policy, reward, specs, offset, batch, step, cfg)
+        times["score"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     advantages, zero = {}, {}
     all_rewards = rollout.rewards  # replaced by the gathered batch when rewards are computed
@@ -235,5 +286,8 @@ def train_step(policy: Policy, optimizer, reward, pool: list[PromptSpec], step: 
         advantages["und"], zero["und"], _ = compute_advantages(rollout.und_rewards, cfg, rank, world)
     update = policy_update(policy, optimizer, rollout, advantages, step, cfg, world)
     times["update"] = time.perf_counter() - t0
-    return step_metrics(step, rollout, all_rewards, zero, update, times, getattr(reward, "names", []), cfg)
+    row = step_metrics(step, rollout, all_rewards, zero, update, times, getattr(reward, "names", []), cfg)
+    if cfg.dynamic_sampling:
+        row["draws"] = int(gather_floats(torch.tensor([float(draws)]), world).sum())
+    return row
 

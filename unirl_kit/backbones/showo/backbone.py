@@ -28,6 +28,7 @@ from unirl_kit.backbones.base import (
     AnswerScores,
     GenerationBatch,
     Seeds,
+    candidate_logprobs_by_rows,
     check_sampling,
     image_seed,
     resolve_cfg_scale,
@@ -209,6 +210,10 @@ class ShowoBackbone:
             raise ValueError(f"{len(answers)} answers for {len(questions)} questions")
         return mmu.answer_logprobs(self.model, self._mmu_prompts(images, questions), self._text_ids(answers),
                                    self.special)
+
+    def candidate_logprobs(self, images: Sequence[Image.Image], questions: Sequence[str],
+                           candidates: Sequence[Sequence[str]]) -> list[list[float]]:
+        return candidate_logprobs_by_rows(self, images, questions, candidates)
 
     # ---- image tokenizer -------------------------------------------------------------------------
     def pixels(self, images: Sequence[Image.Image]) -> torch.Tensor:

@@ -1,0 +1,139 @@
+"""Self-judges by minimal edits, the frozen reference judge, self-RAFT's selection and tag shares."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from unirl_kit.prompts.edits import minimal_edits
+from unirl_kit.prompts.generate import (
+    generate_prompts,
+    generate_training_prompts,
+    get_world,
+    make_spec,
+    sample_prompt,
+    share_quotas,
+)
+from unirl_kit.training.sft import keep_rows
+from unirl_kit.types import GENEVAL_TAGS, InputError
+
+
+def _facts(spec) -> set:
+    return {(r.cls, r.count, r.color, r.position) for r in spec.include}
+
+
+@pytest.mark.parametrize("tag", GENEVAL_TAGS)
+def test_minimal_edits_change_one_fact(tag):
+    rng, world = np.random.default_rng(0), get_world("shapes")
+    for _ in range(5):
+        spec = sample_prompt(tag, world, rng)
+        edits = minimal_edits(spec)
+        assert edits and len({e.prompt for e in edits}) == len(edits)
+        assert spec.prompt not in {e.prompt for e in edits}
+        for e in edits:
+            assert e.tag == tag
+            changed = _facts(spec) ^ _facts(e)
+            # one requirement replaced (two entries of the symmetric difference), or two colours swapped
+            assert len(changed) in (2, 4), (spec.prompt, e.prompt)
+
+
+def test_minimal_edits_of_a_position_prompt():
+    spec = make_spec("position", "circle", "square", relation="above")
+    prompts = [e.prompt for e in minimal_edits(spec)]
+    assert prompts[:3] == ["a photo of a circle left of a square", "a photo of a circle right of a square",
+                           "a photo of a circle below a square"]
+    assert "a photo of a triangle above a square" in prompts and "a photo of a circle above a cross" in prompts
+    assert len(prompts) == 3 + 4 + 4
+
+
+def test_make_spec_keeps_geneval_prompts():
+    """The refactored templates draw the same eval set as before (first prompts of seed 1234, as committed)."""
+    specs = generate_prompts("shapes", 12, 1234)
+    again = [make_spec(s.tag, *(r.cls for r in s.include[:1])) for s in specs if s.tag == "single_object"]
+    assert [s.prompt for s in specs if s.tag == "single_object"] == [a.prompt for a in again]
+    counting = make_spec("counting", "cross", count=3)
+    assert counting.prompt == "a photo of three crosses" and counting.exclude[0].count == 4
+
+
+def test_keep_rows_top_k_per_group_skips_ties_and_honours_threshold():
+    rewards = [0.1, 0.9, 0.5, 0.5, 0.3, 0.3, 0.3, 0.3, 0.2, 0.8, 0.8, 0.1]
+    assert keep_rows(rewards, 4, None, 1) == [1, 9]  # group 2 ties: nothing; group 3: first of the tied best
+    assert keep_rows(rewards, 4, None, 2) == [1, 2, 9, 10]
+    assert keep_rows(rewards, 4, 0.85, 2) == [1]
+    assert keep_rows(rewards, 4, 0.5, 0) == [1, 2, 3, 9, 10]  # threshold alone, as before
+
+
+def test_share_quotas_sum_and_training_prompts_keep_shares():
+    assert share_quotas(10, {"a": 1, "b": 1, "c": 1}) == {"a": 4, "b": 3, "c": 3}
+    with pytest.raises(InputError):
+        share_quotas(10, {"a": 0})
+    held = generate_prompts("shapes", 300, 1234)
+    train = generate_training_prompts("shapes", 120, 1, dict.fromkeys(GENEVAL_TAGS, 1.0), held)
+    assert [sum(s.tag == t for s in train) for t in GENEVAL_TAGS] == [20] * 6
+    held_prompts = {s.prompt for s in held}
+    for s in train:
+        reused = dict(s.extra).get("held_out") is False
+        assert reused == (s.prompt in held_prompts), s.prompt
+    assert all(dict(s.extra).get("held_out") is False for s in train if s.tag == "single_object")
+    assert not any(dict(s.extra).get("held_out") is False for s in train if s.tag == "color_attr")
+    with pytest.raises(InputError, match="not a tag"):
+        generate_training_prompts("shapes", 10, 1, {"colour": 1.0})
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    from unirl_kit.registry import registry
+
+    return registry("backbones").build("tiny-shapes", device="cpu")
+
+
+def _render(spec, seed: int):
+    from PIL import Image
+
+    from unirl_kit.worlds.shapes.render import render_scene
+
+    return Image.fromarray(np.asarray(render_scene(spec, np.random.default_rng(seed), 64)[0]))
+
+
+@pytest.mark.parametrize("name, options", [("self-caption", {}), ("self-caption", {"score": "share"}),
+                                           ("self-qa-contrast", {}), ("self-ensemble", {})])
+def test_self_judges_prefer_the_render_of_the_prompt(tiny, name, options):
+    """A clean render of the prompt scores higher than a render of one of its minimal edits."""
+    from unirl_kit.registry import registry
+    from unirl_kit.rewards.base import Sample
+
+    judge = registry("rewards").build(name, backbone=tiny, **options)
+    bounded = name == "self-qa-contrast" or options.get("score") == "share"
+    rng, world = np.random.default_rng(5), get_world("shapes")
+    wins = 0
+    specs = [sample_prompt(t, world, rng) for t in GENEVAL_TAGS for _ in range(2)]
+    for i, spec in enumerate(specs):
+        wrong = minimal_edits(spec)[i % 3]
+        out = judge([Sample(spec, _render(spec, i)), Sample(spec, _render(wrong, i))])
+        assert all(0.0 <= s <= 1.0 if bounded else s <= 0.0 for s in out.scores)
+        wins += out.scores[0] > out.scores[1]
+    assert wins >= 9, wins  # of 12
+
+
+def test_reference_judge_does_not_move_with_the_policy(tiny):
+    import copy
+
+    import torch
+
+    from unirl_kit.registry import registry
+    from unirl_kit.rewards.base import Sample
+
+    policy = copy.deepcopy(tiny)
+    spec = make_spec("colors", "circle", color_a="red")
+    sample = [Sample(spec, _render(spec, 0))]
+    frozen = registry("rewards").build("self-ensemble", backbone=policy, judge="reference")
+    live = registry("rewards").build("self-ensemble", backbone=policy)
+    before = frozen(sample).scores[0]
+    assert live(sample).scores[0] == pytest.approx(before)
+    with torch.no_grad():
+        for p in policy.model.model.language_model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    assert frozen(sample).scores[0] == pytest.approx(before)
+    assert live(sample).scores[0] != pytest.approx(before)
+    with pytest.raises(InputError, match="judge must be one of"):
+        registry("rewards").build("self-caption", backbone=policy, judge="teacher")

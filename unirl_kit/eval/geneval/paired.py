@@ -1,0 +1,84 @@
+"""Paired GenEval differences with their sample size and a 95% bootstrap interval.
+
+Two evaluations of the same prompts with the same image seeds (a loop's round 0 and round r, or a
+reproduction arm and its seed's baseline) differ by the training and by re-sampled images. Per prompt
+the difference of its images' mean verdicts is the paired unit; the overall score is GenEval's
+unweighted mean of the tags, so the bootstrap resamples prompts within each tag and recombines the
+tag means the same way. Pure functions over `results.jsonl` rows: no I/O but `read_results`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def read_results(path: Path) -> list[dict[str, Any]]:
+    """The rows of a `results.jsonl` (torn or blank lines skipped)."""
+    rows = []
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict) and "tag" in row and "correct" in row:
+            rows.append(row)
+    return rows
+
+
+def _prompt_key(row: Mapping[str, Any]) -> str:
+    """The image's prompt folder (GenEval layout: .../00012/samples/0003.png -> 00012)."""
+    parts = Path(str(row.get("filename", ""))).parts
+    return parts[-3] if len(parts) >= 3 else str(row.get("prompt"))
+
+
+def per_prompt(rows: Iterable[Mapping[str, Any]]) -> dict[str, tuple[str, float, int]]:
+    """prompt folder -> (tag, mean verdict of its images, images)."""
+    acc: dict[str, list] = defaultdict(lambda: ["", 0.0, 0])
+    for r in rows:
+        a = acc[_prompt_key(r)]
+        a[0], a[1], a[2] = r["tag"], a[1] + float(bool(r["correct"])), a[2] + 1
+    return {k: (t, s / n, n) for k, (t, s, n) in acc.items()}
+
+
+def paired_delta(before: Sequence[Mapping[str, Any]], after: Sequence[Mapping[str, Any]], boots: int = 2000,
+                 seed: int = 0, keep: set[str] | None = None) -> dict[str, Any]:
+    """after - before on the prompts both hold (optionally only those in `keep`): overall and per tag, each
+    {delta, ci: [lo, hi], prompts, images}; the interval is the 2.5/97.5 percentiles of the bootstrap."""
+    b, a = per_prompt(before), per_prompt(after)
+    common = sorted(k for k in b.keys() & a.keys() if keep is None or k in keep)
+    by_tag: dict[str, list[str]] = defaultdict(list)
+    for k in common:
+        by_tag[b[k][0]].append(k)
+    rng = np.random.default_rng(seed)
+    tags = sorted(by_tag)
+    out: dict[str, Any] = {"tags": {}}
+    draws = np.zeros(boots)
+    total = 0.0
+    for t in tags:
+        diff = np.array([a[k][1] - b[k][1] for k in by_tag[t]])
+        boot = diff[rng.integers(0, len(diff), size=(boots, len(diff)))].mean(axis=1)
+        out["tags"][t] = _entry(float(diff.mean()), boot, len(diff), sum(a[k][2] for k in by_tag[t]))
+        draws += boot / len(tags)
+        total += float(diff.mean()) / len(tags)
+    images = sum(a[k][2] for k in common)
+    out["overall"] = _entry(total, draws, len(common), images) if tags else _entry(None, None, 0, 0)
+    return out
+
+
+def _entry(delta: float | None, boot: np.ndarray | None, prompts: int, images: int) -> dict[str, Any]:
+    ci = None if boot is None else [round(float(np.percentile(boot, 2.5)), 6), round(float(np.percentile(boot, 97.5)), 6)]
+    return {"delta": None if delta is None else round(delta, 6) + 0.0, "ci": ci, "prompts": prompts, "images": images}
+
+
+def describe(entry: Mapping[str, Any]) -> str:
+    """'+0.120 [+0.080, +0.160], n = 300 prompts / 1200 images'."""
+    if entry.get("delta") is None:
+        return "–"
+    lo, hi = entry["ci"]
+    return f"{entry['delta']:+.3f} [{lo:+.3f}, {hi:+.3f}], n = {entry['prompts']} prompts / {entry['images']} images"
