@@ -86,3 +86,24 @@ def test_gpu_loop_configs_run_with_a_tiny_random_janus(small_janus, tmp_path, na
     assert report["delta"] is not None
     assert (tmp_path / name / "round-001" / "train_sft" / "final").is_dir()
     assert (tmp_path / name / "round-001" / "train" / "final").is_dir()
+
+
+def test_loop_offline_raft_round_and_paired_report(small_janus, tmp_path):
+    """`train: raft`: the round draws and judges images of the training prompts, distills the best of each,
+    and the report gives the paired GenEval delta with its n and interval."""
+    from unirl_kit.loop.run import run_loop
+    from unirl_kit.testing.rewards import LOW_TOKENS, register_test_rewards
+
+    register_test_rewards()
+    out = tmp_path / "raft"
+    cfg = _cfg(small_janus, out, "train=raft")
+    cfg.sft_overrides = [f"rewards=[{LOW_TOKENS}]", "group_size=2", "keep_top=1", "prompts_per_step=2",
+                         "run.steps=2", "run.tensorboard=false", "sampling.cfg_scale=2.0"]
+    report = run_loop(cfg)
+    folder = out / "round-001"
+    assert len((folder / "train_samples" / "scores.jsonl").read_text().splitlines()) == 6 * 2
+    rows = [json.loads(line) for line in (folder / "train" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["kept"] for r in rows] == [2, 2]
+    paired = report["paired"]["all"]["overall"]
+    assert paired["prompts"] == 3 and paired["images"] == 6 and len(paired["ci"]) == 2
+    assert "n = 3 prompts / 6 images" in (out / "report.md").read_text()

@@ -164,3 +164,55 @@ def test_prompts_cli_draws_shares(unirl_cli, tmp_path):
     assert all(sum(r["tag"] == t for r in rows) == 10 for t in {r["tag"] for r in rows})
     bad = unirl_cli("prompts", "--n", "6", "--shares", "position:2", "--out", tmp_path / "b.jsonl", check=False)
     assert bad.returncode == 2 and "TAG=WEIGHT" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def _judged_samples(model: Path, prompt_file: Path, out: Path) -> Path:
+    """4 images per prompt by the random model, judged by LowTokens (`unirl generate` + `unirl score`)."""
+    from unirl_kit.generation.run import GenerateConfig, run_generate
+    from unirl_kit.scoring.run import ScoreConfig, run_score
+
+    register_test_rewards()
+    run_generate(GenerateConfig(backbone="janus", model=str(model), prompts=str(prompt_file), out=str(out),
+                                group_size=4, cfg_scale=2.0, seed=5, device="cpu", progress=False))
+    run_score(ScoreConfig(samples_dir=str(out), rewards=[LowTokens.name], backbone="janus", model=str(model),
+                          device="cpu", progress=False))
+    return out
+
+
+def test_distill_keeps_each_prompts_best_and_raises_it(small_janus, prompts, tmp_path):
+    """Offline self-RAFT: the kept set is each prompt's best by scores.jsonl, steps walk it epoch by epoch,
+    and training on it raises the judged quantity on fresh seeds."""
+    from unirl_kit.training.config import SFTConfig
+    from unirl_kit.training.distill_data import distill_rows, load_kept
+    from unirl_kit.training.sft_run import run_sft
+
+    samples = _judged_samples(small_janus, prompts, tmp_path / "samples")
+    scores = [json.loads(line) for line in (samples / "scores.jsonl").read_text().splitlines()]
+    kept = load_kept(samples, keep_top=1, threshold=None)
+    assert len(kept) == 12  # one of every prompt (LowTokens never ties here)
+    for k in kept:
+        mine = [r["reward"] for r in scores if r["prompt_index"] == k.prompt_index]
+        assert k.reward == max(mine)
+    epoch = [distill_rows(kept, s, 4, 0, 0, 1)[0] for s in range(3)]
+    assert sorted(id(r) for rows in epoch for r in rows) == sorted(id(k) for k in kept)  # every image once an epoch
+    out = tmp_path / "distill"
+    run_sft(_load(SFTConfig, small_janus, prompts, out, mode="distill", samples=str(samples), keep_top=1,
+                  prompts_per_step=4, **{"run.steps": 12, "optim.lr": 1e-2}))
+    assert all(r["kept"] == 4 for r in _rows(out))
+    before, after = _low_share(small_janus), _low_share(out / "final")
+    assert after > before + 0.05, (before, after)
+
+
+@pytest.mark.parametrize(("over", "message"), [
+    ({"mode": "distill"}, "samples"),
+    ({"mode": "distill", "samples": "x"}, "keep_top"),
+    ({"mode": "und", "samples": "x"}, "only mode distill"),
+    ({"mode": "gen-rs", "keep_top": 4}, "keep_top"),
+])
+def test_raft_settings_fail_before_loading(prompts, tmp_path, over, message):
+    from unirl_kit.training.config import SFTConfig
+    from unirl_kit.training.sft_run import run_sft
+    from unirl_kit.types import InputError
+
+    with pytest.raises(InputError, match=message):
+        run_sft(_load(SFTConfig, tmp_path / "no-model", prompts, tmp_path / "bad", **over))

@@ -15,7 +15,7 @@ class LoopConfig:
     rounds: int = 1
     seed: int = 0
     world: str = "shapes"
-    train: str = "grpo"  # grpo | sft | both (SFT, then GRPO from its result)
+    train: str = "grpo"  # grpo | sft | both (SFT, then GRPO from its result) | raft (offline self-RAFT, sft_config)
     train_prompts: str | None = None  # default: drawn here, n_train prompts with train_shares per tag
     # share per tag of the drawn training prompts; held out from the eval set where a tag's prompts allow,
     # else the eval set's own prompts of that tag with other image seeds (the report names those tags).
@@ -45,7 +45,7 @@ class LoopConfig:
 def check_loop(cfg: LoopConfig) -> None:
     if cfg.rounds < 0:
         raise InputError(f"rounds: must be >= 0, got {cfg.rounds}")
-    if cfg.train not in ("grpo", "sft", "both"):
-        raise InputError(f"train: {cfg.train!r} is not one of grpo, sft, both")
+    if cfg.train not in ("grpo", "sft", "both", "raft"):
+        raise InputError(f"train: {cfg.train!r} is not one of grpo, sft, both, raft")
     if cfg.eval_group_size < 1 or cfg.n_eval < 1 or cfg.n_train < 1:
         raise InputError("eval_group_size, n_eval and n_train must be >= 1")

@@ -82,8 +82,37 @@ def evaluate(cfg: LoopConfig, folder: Path, eval_prompts: Path, model: str | Non
     return {"geneval": geneval, "scores": scores, "understanding": und}
 
 
+def raft(cfg: LoopConfig, folder: Path, train_prompts: Path, model: str | None, common: list[str]) -> dict[str, Any]:
+    """Offline self-RAFT, one round: draw `group_size` images per training prompt with the round's model,
+    judge them with the SFT config's rewards, distill the best `keep_top` of each (SFT `mode: distill`).
+    A reward with `judge: reference` judges with the loop's starting weights in every round."""
+    from unirl_kit.backbones.loading import load_backbone
+    from unirl_kit.generation.run import GenerateConfig, run_generate
+    from unirl_kit.scoring.run import ScoreConfig, run_score
+    from unirl_kit.training.config import SFTConfig
+    from unirl_kit.training.sft_run import run_sft
+
+    samples, out = folder / "train_samples", folder / "train"
+    sft = load_config(SFTConfig, Path(cfg.sft_config) if cfg.sft_config else None, {},
+                      [*common, f"run.out={out}", *cfg.sft_overrides, "mode=distill", f"samples={samples}"])
+    name, s = cfg.backbone.name, sft.sampling
+    backbone = load_backbone(name, model, cfg.backbone.device, "auto", cfg.backbone.options)
+    run_generate(GenerateConfig(backbone=name, model=model, prompts=str(train_prompts), out=str(samples),
+                                group_size=sft.group_size, cfg_scale=s.cfg_scale, temperature=s.temperature,
+                                top_k=s.top_k, top_p=s.top_p, seed=sft.run.seed, batch_size=cfg.batch_size,
+                                progress=cfg.progress), backbone)
+    frozen = any(isinstance(o, dict) and o.get("judge") == "reference" for o in sft.reward_options.values())
+    judge_model = cfg.backbone.model if frozen else model
+    judge = backbone if judge_model == model else load_backbone(name, judge_model, cfg.backbone.device, "auto",
+                                                                cfg.backbone.options)
+    scores = run_score(ScoreConfig(samples_dir=str(samples), rewards=list(sft.rewards), reward_options=sft.reward_options,
+                                   backbone=name, model=judge_model, progress=cfg.progress), judge)
+    del backbone, judge
+    return {"judged": scores, "sft": run_sft(sft, resume=(out / "checkpoints").exists())}
+
+
 def train(cfg: LoopConfig, folder: Path, train_prompts: Path, model: str | None, round_index: int) -> dict[str, Any]:
-    """One round of training from `model`; GRPO, SFT, or SFT then GRPO (`train: both`)."""
+    """One round of training from `model`; GRPO, SFT, SFT then GRPO (`train: both`), or offline self-RAFT."""
     from unirl_kit.training.config import GRPOConfig, SFTConfig
 
     name = cfg.backbone.name
@@ -94,6 +123,8 @@ def train(cfg: LoopConfig, folder: Path, train_prompts: Path, model: str | None,
         common.append(f"backbone.model={model}")
     if cfg.backbone.options:  # e.g. Show-o's timesteps / vq_model / tokenizer: the trainers load it the same way
         common.append(f"backbone.options={json.dumps(dict(cfg.backbone.options))}")
+    if cfg.train == "raft":
+        return raft(cfg, folder, train_prompts, model, common)
     summary: dict[str, Any] = {}
     start = model
     if cfg.train in ("sft", "both"):

@@ -161,7 +161,7 @@ def check_common(optim: OptimConfig, run: RunConfig) -> None:
         raise InputError(f"run.checkpoint_every: must be at least 1, got {run.checkpoint_every}")
 
 
-SFT_MODES = ("und", "e2e", "gen-rs")
+SFT_MODES = ("und", "e2e", "gen-rs", "distill")
 
 
 @dataclass
@@ -170,11 +170,15 @@ class SFTConfig:
 
     und: NLL of the ground-truth answer given the image and question (generation untouched);
     e2e: the same loss through a straight-through Gumbel-softmax into generation;
-    gen-rs: next-token cross-entropy on the generated images whose reward reaches `threshold`.
+    gen-rs: next-token cross-entropy on the generated images whose reward reaches `threshold` and/or
+    the `keep_top` best of each group (online self-RAFT);
+    distill: the same loss on the `keep_top` best images of each prompt of a judged samples folder
+    (`samples`: `unirl generate` + `unirl score`; offline self-RAFT), `prompts_per_step` images a step.
     """
 
-    prompts: str = ""
-    mode: str = "und"  # und | e2e | gen-rs
+    prompts: str = ""  # not read by distill (its prompts are the samples folder's)
+    samples: str = ""  # distill: a samples folder with scores.jsonl
+    mode: str = "und"  # und | e2e | gen-rs | distill
     prompts_per_step: int = 4
     group_size: int = 4  # images per prompt; the global batch is prompts_per_step x group_size
     threshold: float | None = None  # gen-rs: keep images with reward >= threshold
@@ -196,17 +200,26 @@ class SFTConfig:
 
 def check_sft(cfg: SFTConfig, world: int = 1) -> None:
     """Every invalid setting fails here, before a model is loaded or an image drawn."""
-    if not cfg.prompts:
-        raise InputError("sft: prompts is empty; give a `unirl prompts` file (prompts=FILE)")
     if cfg.mode not in SFT_MODES:
         raise InputError(f"mode: {cfg.mode!r} is not one of {', '.join(SFT_MODES)}")
+    if cfg.mode == "distill":
+        if not cfg.samples:
+            raise InputError("samples: mode distill trains on a judged samples folder (`unirl generate` then "
+                             "`unirl score`); give samples=DIR")
+        if not cfg.keep_top and cfg.threshold is None:
+            raise InputError("mode distill keeps images by keep_top (the best k of each prompt) and/or threshold; "
+                             "give one (keep_top=1)")
+    elif cfg.samples:
+        raise InputError(f"samples: only mode distill reads a samples folder; mode {cfg.mode} draws its own images")
+    elif not cfg.prompts:
+        raise InputError("sft: prompts is empty; give a `unirl prompts` file (prompts=FILE)")
     if cfg.group_size < 1:
         raise InputError(f"group_size: must be at least 1, got {cfg.group_size}")
     if cfg.prompts_per_step < 1:
         raise InputError(f"prompts_per_step: must be at least 1, got {cfg.prompts_per_step}")
     if cfg.prompts_per_step % world:
         raise InputError(f"prompts_per_step ({cfg.prompts_per_step}) must divide by the {world} processes")
-    if cfg.keep_top < 0 or cfg.keep_top >= max(cfg.group_size, 1) and cfg.keep_top:
+    if cfg.keep_top < 0 or (cfg.mode == "gen-rs" and cfg.keep_top and cfg.keep_top >= cfg.group_size):
         raise InputError(f"keep_top: keeps the best k of each group of {cfg.group_size}, so 0 (off) <= k < "
                          f"group_size, got {cfg.keep_top}")
     if cfg.logprob not in ("guided", "conditional"):
@@ -214,9 +227,9 @@ def check_sft(cfg: SFTConfig, world: int = 1) -> None:
     if cfg.mode == "gen-rs" and cfg.threshold is None and not cfg.keep_top:
         raise InputError("mode gen-rs keeps images by threshold (reward >= threshold) and/or keep_top (the best k "
                          "of each group); give one (threshold=1.0 or keep_top=1)")
-    if cfg.mode != "gen-rs" and (cfg.threshold is not None or cfg.keep_top):
-        raise InputError(f"threshold / keep_top: only mode gen-rs filters images; mode {cfg.mode} trains on all of "
-                         "them (drop them or set mode=gen-rs)")
+    if cfg.mode not in ("gen-rs", "distill") and (cfg.threshold is not None or cfg.keep_top):
+        raise InputError(f"threshold / keep_top: only modes gen-rs and distill filter images; mode {cfg.mode} trains "
+                         "on all of them (drop them or set mode=gen-rs)")
     if cfg.mode == "gen-rs" and not cfg.rewards:
         raise InputError("rewards: mode gen-rs needs at least one reward to filter images by")
     if cfg.gumbel_tau <= 0:

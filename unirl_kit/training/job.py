@@ -39,7 +39,12 @@ def run_job(cfg: Any, resume: bool, *, check: Callable[[Any, int], None], stamp:
     from unirl_kit.registry import registry
     from unirl_kit.rewards.base import build_rewards, parse_reward_spec
 
-    pool = read_prompts(Path(cfg.prompts))
+    if getattr(cfg, "mode", None) == "distill":  # offline self-RAFT: the judged images are the data
+        from unirl_kit.training.distill_data import load_kept
+
+        pool: list = load_kept(Path(cfg.samples), cfg.keep_top, cfg.threshold)
+    else:
+        pool = read_prompts(Path(cfg.prompts))
     if not pool:
         raise InputError(f"{cfg.prompts}: no prompts")
     if wants_rewards:

@@ -6,6 +6,8 @@
                        ground-truth answer; gen-rs the images whose reward reaches `threshold` and/or
                        the `keep_top` best of each group (self-RAFT: best-of-N by the judge, distilled);
 4. `sft_update`      - one optimizer step on the step's loss (none when gen-rs kept nothing).
+distill (offline self-RAFT) replaces steps 1-3 by `distill_batch`: `prompts_per_step` of the images kept
+from a judged samples folder (`training/distill_data.py`), in a fresh order every epoch.
 
 Losses are token means over the global batch (all ranks' kept rows), so neither `optim.micro_batch`
 nor the number of processes changes them:
@@ -141,7 +143,7 @@ def micro_terms(policy: Policy, data: SFTBatch, rows: list[int], step: int, cfg:
         return {"und": -(scores.logprobs * scores.mask).sum()}
     prompts = [data.prompt(i) for i in rows]
     tokens = data.batch.tokens[rows].to(b.device)
-    if cfg.mode == "gen-rs":
+    if cfg.mode in ("gen-rs", "distill"):
         trajectory = None if data.batch.trajectory is None else data.batch.trajectory[rows]
         scale = cfg.sampling.cfg_scale if cfg.logprob == "guided" else 1.0
         return {"gen": -b.image_logprobs(prompts, tokens, cfg_scale=scale, temperature=cfg.sampling.temperature,
@@ -159,7 +161,7 @@ def micro_terms(policy: Policy, data: SFTBatch, rows: list[int], step: int, cfg:
 def loss_weights(cfg: SFTConfig) -> dict[str, float]:
     if cfg.mode == "e2e":
         return {t: w for t, w in (("und", cfg.und_weight), ("gen", cfg.gen_weight)) if w > 0}
-    return {"und": 1.0} if cfg.mode == "und" else {"gen": 1.0}
+    return {"und": 1.0} if cfg.mode == "und" else {"gen": 1.0}  # gen-rs, distill
 
 
 def token_counts(policy: Policy, data: SFTBatch, terms: list[str], world: int) -> dict[str, float]:
@@ -218,11 +220,31 @@ def step_metrics(step: int, data: SFTBatch, update: dict[str, float], times: dic
     return finish_row(row, update, times, len(data.batch))
 
 
-def train_step(policy: Policy, optimizer, reward, pool: list[PromptSpec], step: int, cfg: SFTConfig,
+def distill_batch(kept, step: int, cfg: SFTConfig, rank: int, world: int) -> SFTBatch:
+    """This rank's rows of a distill step, as an SFTBatch of one row per kept image (no pixels needed)."""
+    from unirl_kit.training.distill_data import distill_rows
+
+    rows, offset = distill_rows(kept, step, cfg.prompts_per_step, cfg.run.seed, rank, world)
+    tokens = torch.stack([r.tokens for r in rows])
+    batch = GenerationBatch(images=[None] * len(rows), tokens=tokens, logprobs=torch.zeros(tokens.shape),
+                            seeds=[0] * len(rows))
+    data = SFTBatch([r.spec for r in rows], offset, batch, 1, list(range(len(rows))))
+    data.rewards = torch.tensor([r.reward for r in rows], dtype=torch.float32)
+    return data
+
+
+def train_step(policy: Policy, optimizer, reward, pool: list, step: int, cfg: SFTConfig,
                rank: int, world: int) -> dict[str, Any]:
-    """Steps 1-4 for one training step; returns its metrics row."""
+    """Steps 1-4 for one training step (distill: its batch, then step 4); returns its metrics row."""
     times = {}
     t0 = time.perf_counter()
+    if cfg.mode == "distill":  # the job hands distill its kept images as the pool
+        data = distill_batch(pool, step, cfg, rank, world)
+        times["select"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        update = sft_update(policy, optimizer, data, step, cfg, world)
+        times["update"] = time.perf_counter() - t0
+        return step_metrics(step, data, update, times, [], cfg, world)
     specs, offset = sample_prompts(pool, step, cfg, rank, world)  # type: ignore[arg-type]  # same field names
     batch = generate_groups(policy, specs, offset, step, cfg)  # type: ignore[arg-type]
     times["generate"] = time.perf_counter() - t0

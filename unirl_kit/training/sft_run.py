@@ -14,4 +14,5 @@ def run_sft(cfg: SFTConfig, resume: bool = False) -> dict[str, Any]:
     from unirl_kit.training.sft import train_step
 
     return run_job(cfg, resume, check=check_sft, stamp={"config": "train sft", "mode": cfg.mode},
-                   wants_rewards=cfg.mode == "gen-rs", keep_reference=False, train_step=train_step)
+                   wants_rewards=cfg.mode == "gen-rs",  # distill's images were judged by `unirl score`
+                   keep_reference=False, train_step=train_step)

@@ -1,0 +1,93 @@
+"""The images SFT `mode: distill` trains on: the judge's best of each prompt of a scored samples folder.
+
+Offline self-RAFT: `unirl generate` draws N images per training prompt, `unirl score` judges every one
+(`scores.jsonl`, the composed `reward`), and distill keeps the `keep_top` best of each prompt (none of a
+prompt whose rewards all tie; with `threshold`, only those at or above it), then trains the generation
+NLL on them for as many steps as asked. Why beside online gen-rs: each step of gen-rs trains on the few
+images it just drew (4 of 32 on tiny-shapes), so Adam's steps are mostly noise; a fixed set of every
+prompt's best lets a step average over many prompts (measured: benchmarks/README.md, issue 20).
+Only token ids are kept in memory (no pixels), so a folder of any size costs kept x T integers.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from unirl_kit.prompts.schema import parse_spec
+from unirl_kit.types import InputError, PromptSpec
+
+
+@dataclass
+class KeptImage:
+    spec: PromptSpec
+    prompt_index: int
+    image_index: int
+    reward: float
+    tokens: torch.Tensor  # [T] int64
+
+
+def _score_rows(path: Path) -> dict[int, list[dict]]:
+    if not path.is_file():
+        raise InputError(f"{path}: no scores; run `unirl score {path.parent}` with the judge first")
+    groups: dict[int, list[dict]] = {}
+    for n, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            key, image, reward = int(row["prompt_index"]), int(row["image_index"]), float(row["reward"])
+        except (ValueError, KeyError, TypeError):
+            raise InputError(f"{path}: line {n}: expected a `unirl score` row with prompt_index, image_index and "
+                             "reward") from None
+        if not np.isfinite(reward):
+            raise InputError(f"{path}: line {n}: reward is {reward}; a reward must be finite")
+        groups.setdefault(key, []).append({"image": image, "reward": reward})
+    return groups
+
+
+def load_kept(samples: Path, keep_top: int, threshold: float | None) -> list[KeptImage]:
+    """The kept images of every prompt folder, in folder then reward order."""
+    from unirl_kit.generation.outputs import read_prompt_samples
+    from unirl_kit.training.sft import keep_rows
+
+    samples = Path(samples)
+    kept: list[KeptImage] = []
+    for index, rows in sorted(_score_rows(samples / "scores.jsonl").items()):
+        rows = sorted(rows, key=lambda r: r["image"])
+        picks = keep_rows([r["reward"] for r in rows], len(rows), threshold, keep_top)
+        if not picks:
+            continue
+        folder = samples / f"{index:05d}"
+        try:
+            spec = parse_spec(json.loads((folder / "metadata.jsonl").read_text(encoding="utf-8")),
+                              f"{folder / 'metadata.jsonl'}: line 1")
+            tokens = read_prompt_samples(samples, index)["tokens"]
+        except (OSError, ValueError, KeyError) as exc:
+            raise InputError(f"{folder}: not a `unirl generate` prompt folder ({type(exc).__name__}: {exc})") from None
+        for p in picks:
+            image = rows[p]["image"]
+            if image >= tokens.shape[0]:
+                raise InputError(f"{folder}: scores name image {image}, but tokens.safetensors holds {tokens.shape[0]}")
+            kept.append(KeptImage(spec, index, image, rows[p]["reward"], tokens[image].clone()))
+    if not kept:
+        raise InputError(f"{samples}: no image kept (every prompt's rewards tie, or none reach the threshold)")
+    return kept
+
+
+def distill_rows(kept: list[KeptImage], step: int, per_step: int, seed: int, rank: int, world: int
+                 ) -> tuple[list[KeptImage], int]:
+    """(this rank's rows, global offset) of step `step`: the kept images in a fresh order every epoch
+    (seeded by (seed, epoch)), `per_step` a step, split over ranks; the order is a function of the step."""
+    n = len(kept)
+    rows = []
+    for j in range(step * per_step, (step + 1) * per_step):
+        epoch, at = divmod(j, n)
+        order = np.random.default_rng([seed, 11, epoch]).permutation(n)
+        rows.append(kept[int(order[at])])
+    per = per_step // world
+    return rows[rank * per:(rank + 1) * per], rank * per
