@@ -137,3 +137,34 @@ def test_reference_judge_does_not_move_with_the_policy(tiny):
     assert live(sample).scores[0] != pytest.approx(before)
     with pytest.raises(InputError, match="judge must be one of"):
         registry("rewards").build("self-caption", backbone=policy, judge="teacher")
+
+
+def test_authors_question_wording_names_no_object_and_grades_the_same():
+    from unirl_kit.prompts.answers import grade_answer
+    from unirl_kit.prompts.qa import QUESTION_STYLES, question_answer, style_of
+
+    spec = make_spec("position", "truck", "baseball bat", relation="left of")
+    q, a = question_answer(spec, "unirl")
+    assert q == QUESTION_STYLES["unirl"]["position"] and "truck" not in q and a == "The truck is left of the baseball bat."
+    assert grade_answer(spec, a).correct and grade_answer(spec, "The truck is above the baseball bat.").score == 2 / 3
+    two = make_spec("two_object", "bench", "sports ball")
+    assert question_answer(two, "unirl")[1] == "There is a bench and a sports ball"
+    assert grade_answer(two, "There is a bench and a sports ball").correct
+    for style in QUESTION_STYLES:
+        specs = generate_prompts("shapes", 12, 0, style=style)
+        assert all(style_of(s) == style or QUESTION_STYLES["unirl"][s.tag] == QUESTION_STYLES["named"][s.tag]
+                   for s in specs)
+    with pytest.raises(InputError, match="question_style"):
+        question_answer(two, "plain")
+
+
+def test_prompts_cli_question_style(unirl_cli, tmp_path):
+    import json
+
+    out = tmp_path / "p.jsonl"
+    unirl_cli("prompts", "--n", "12", "--question-style", "unirl", "--out", out)
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    position = next(r for r in rows if r["tag"] == "position")
+    assert position["question"].startswith("What are two objects and What is position relationship")
+    bad = unirl_cli("prompts", "--n", "6", "--question-style", "plain", "--out", tmp_path / "b.jsonl", check=False)
+    assert bad.returncode == 2 and "question_style" in bad.stderr

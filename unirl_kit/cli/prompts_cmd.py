@@ -16,20 +16,23 @@ def prompts(
     exclude: Path | None = typer.Option(None, help="prompts file whose prompts must not appear"),
     shares: str | None = typer.Option(None, help="a training set's share per tag: 'equal' or TAG=W,...; tags "
                                                   "whose prompts --exclude holds all reuse them (marked held_out: false)"),
+    question_style: str | None = typer.Option(None, help="unirl (the authors' wording: no question names an "
+                                                         "object) or named [default: named]"),
     out: Path | None = typer.Option(None, help="output prompts JSONL"),
     config: Path | None = CONFIG_OPTION,
     overrides: list[str] | None = OVERRIDES_ARG,
 ) -> None:
     """Write GenEval-style metadata lines (all six tags) with UniRL questions and answers."""
-    _prompts(world, n, seed, exclude, shares, out, config, overrides)
+    _prompts(world, n, seed, exclude, shares, question_style, out, config, overrides)
 
 
 @user_errors
-def _prompts(world, n, seed, exclude, shares, out, config, overrides) -> None:
+def _prompts(world, n, seed, exclude, shares, question_style, out, config, overrides) -> None:
     from unirl_kit.prompts.cmd import PromptsConfig, parse_shares, run_prompts
 
     cfg = resolve(PromptsConfig, config, dict(world=world, n=n, seed=seed, exclude=exclude and str(exclude),
-                                               shares=shares and parse_shares(shares), out=out and str(out)),
+                                               shares=shares and parse_shares(shares), question_style=question_style,
+                                               out=out and str(out)),
                   overrides or [])
     specs = run_prompts(cfg)
     typer.echo(f"wrote {len(specs)} prompts to {cfg.out}")

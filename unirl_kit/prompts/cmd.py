@@ -7,6 +7,7 @@ from pathlib import Path
 
 from unirl_kit.config import write_run_info
 from unirl_kit.prompts.generate import generate_prompts, generate_training_prompts
+from unirl_kit.prompts.qa import check_style
 from unirl_kit.prompts.schema import read_prompts, write_prompts
 from unirl_kit.types import InputError, PromptSpec
 
@@ -20,6 +21,7 @@ class PromptsConfig:
     # a share per tag (weights, e.g. {position: 2, counting: 1}) for a training set: each tag gets its share,
     # held out from `exclude` where the tag's prompts allow, else reusing exclude's own (see generate_training_prompts)
     shares: dict[str, float] | None = None
+    question_style: str = "named"  # unirl: the authors' wording (no question names an object); see prompts/qa.py
     out: str = ""
 
 
@@ -46,11 +48,13 @@ def run_prompts(cfg: PromptsConfig) -> list[PromptSpec]:
         raise InputError("prompts needs --out FILE.jsonl")
     if cfg.n < 1:
         raise InputError(f"--n must be >= 1, got {cfg.n}")
+    check_style(cfg.question_style)
     held_out = read_prompts(Path(cfg.exclude)) if cfg.exclude else []
     if cfg.shares is not None:
-        specs = generate_training_prompts(cfg.world, cfg.n, cfg.seed, cfg.shares, held_out)
+        specs = generate_training_prompts(cfg.world, cfg.n, cfg.seed, cfg.shares, held_out, cfg.question_style)
     else:
-        specs = generate_prompts(cfg.world, cfg.n, cfg.seed, {spec.prompt: spec.tag for spec in held_out})
+        specs = generate_prompts(cfg.world, cfg.n, cfg.seed, {spec.prompt: spec.tag for spec in held_out},
+                                 style=cfg.question_style)
     out = Path(cfg.out)
     write_prompts(specs, out)
     write_run_info(out.parent, cfg, "prompts", prefix=f"{out.stem}.")

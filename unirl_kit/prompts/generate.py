@@ -16,7 +16,7 @@ from importlib import resources
 import numpy as np
 
 from unirl_kit.prompts.language import NUMBER_WORDS, make_plural, with_article
-from unirl_kit.prompts.qa import question_answer
+from unirl_kit.prompts.qa import DEFAULT_STYLE, question_answer
 from unirl_kit.types import GENEVAL_COLORS, GENEVAL_TAGS, RELATIONS, InputError, PromptSpec, Requirement
 
 
@@ -97,7 +97,7 @@ def tag_capacity(tag: str, w: World) -> int:
 
 
 def generate_prompts(world: str, n: int, seed: int, exclude: Mapping[str, str] | None = None,
-                     tags: tuple[str, ...] = GENEVAL_TAGS) -> list[PromptSpec]:
+                     tags: tuple[str, ...] = GENEVAL_TAGS, style: str = DEFAULT_STYLE) -> list[PromptSpec]:
     """`n` unique prompts spread evenly over `tags` (a tag with too few distinct prompts left gives
     them all, the rest go to the other tags), none of them a key of `exclude` (prompt -> its tag),
     each with its question and answer."""
@@ -114,10 +114,11 @@ def generate_prompts(world: str, n: int, seed: int, exclude: Mapping[str, str] |
                 quota[t] += 1
                 remaining -= 1
     seen = set(exclude)
-    return [p for t in tags for p in _draw(t, quota[t], w, rng, seen)]
+    return [p for t in tags for p in _draw(t, quota[t], w, rng, seen, style)]
 
 
-def _draw(tag: str, count: int, w: World, rng: np.random.Generator, seen: set[str]) -> list[PromptSpec]:
+def _draw(tag: str, count: int, w: World, rng: np.random.Generator, seen: set[str],
+          style: str = DEFAULT_STYLE) -> list[PromptSpec]:
     """Up to `count` new prompts of `tag` not in `seen` (which grows), with question and answer."""
     out: list[PromptSpec] = []
     tries = 0
@@ -127,7 +128,7 @@ def _draw(tag: str, count: int, w: World, rng: np.random.Generator, seen: set[st
         if spec.prompt in seen:
             continue
         seen.add(spec.prompt)
-        q, a = question_answer(spec)
+        q, a = question_answer(spec, style)
         out.append(dataclasses.replace(spec, question=q, answer=a))
     return out
 
@@ -146,7 +147,7 @@ def share_quotas(n: int, shares: Mapping[str, float]) -> dict[str, int]:
 
 
 def generate_training_prompts(world: str, n: int, seed: int, shares: Mapping[str, float],
-                              held_out: Sequence[PromptSpec] = ()) -> list[PromptSpec]:
+                              held_out: Sequence[PromptSpec] = (), style: str = DEFAULT_STYLE) -> list[PromptSpec]:
     """`n` training prompts with a share per tag (weights), kept out of `held_out` wherever the tag's
     prompt space allows. Where it does not (the shapes world has 6 single-object prompts), the tag is
     filled with the held-out set's own prompts of that tag (marked `held_out: false`, trained with other
@@ -160,8 +161,10 @@ def generate_training_prompts(world: str, n: int, seed: int, shares: Mapping[str
     seen = {s.prompt for s in held_out}
     out: list[PromptSpec] = []
     for tag, quota in share_quotas(n, shares).items():
-        fresh = _draw(tag, quota, w, rng, seen)
-        reused = [dataclasses.replace(s, extra=(*s.extra, ("held_out", False))) for s in held_out if s.tag == tag]
+        fresh = _draw(tag, quota, w, rng, seen, style)
+        reused = [dataclasses.replace(s, question=None, answer=None, extra=(*s.extra, ("held_out", False)))
+                  for s in held_out if s.tag == tag]
+        reused = [dataclasses.replace(s, question=q, answer=a) for s in reused for q, a in [question_answer(s, style)]]
         pool = fresh + reused[: max(0, quota - len(fresh))]
         out += [pool[i % len(pool)] for i in range(quota)] if pool else []
     return out

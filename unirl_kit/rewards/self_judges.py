@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from typing import Any, ClassVar
 
 from unirl_kit.prompts.edits import minimal_edits
-from unirl_kit.prompts.qa import question_and_truth, question_answer
+from unirl_kit.prompts.qa import question_and_truth, question_answer, style_of
 from unirl_kit.rewards.base import RewardOutput, Sample, judge_backbone
 from unirl_kit.types import InputError
 
@@ -115,7 +115,7 @@ class SelfQAContrastReward(_ContrastJudge):
         question, truth = question_and_truth(sample.spec)
         answers = [truth]
         for e in minimal_edits(sample.spec, max_classes=self.max_edits or None):
-            answer = question_answer(e)[1]
+            answer = question_answer(e, style_of(sample.spec))[1]
             if answer not in answers:
                 answers.append(answer)
         return question, answers
