@@ -2,7 +2,8 @@
 oracle (GenEval's own verdict), per tag and overall. Run it before tuning a trainer (issue 20).
 
 python benchmarks/best_of_n.py [--n 300] [--group 8] [--seed 1234] [--out runs/bench/best_of_n]
-    [--judges self-qa self-qa-likelihood self-caption self-qa-contrast] [--model DIR] [--size smoke]
+    [--judges self-qa self-qa-likelihood self-caption self-qa-contrast self-ensemble] [--option JUDGE.key=value]
+    [--scores FILE] [--model DIR] [--size smoke]
 
 Stages (each the library's own, each resumable): `unirl prompts` (the held-out eval set of the loop,
 seed 1234), `generate` (N images per prompt, image k of prompt i seeded by (seed, i, k)), `eval geneval`
@@ -12,7 +13,8 @@ seed 1234), `generate` (N images per prompt, image k of prompt i seeded by (seed
 - best-of-N by a judge: the verdict of the image the judge scores highest in each group (ties: the mean
   verdict of the tied images, i.e. a random pick among them);
 - AUC in groups: P(judge scores a correct image above a wrong one of the same prompt), ties half.
-`ensemble` is the mean of the judges' in-group ranks (each judge's scale drops out). Overall is GenEval's
+`rank-mean` is the mean of the judges' in-group ranks (each judge's scale drops out). Another judge set
+on the same images: `--scores OTHER.jsonl` (a scores file keeps one reward set). Overall is GenEval's
 unweighted mean over the six tags; the gain's 95% interval is a bootstrap over prompts within tags.
 If the best judge's best-of-N minus pass@1 is under +0.10, sharpening by that judge cannot reach it.
 """
@@ -26,12 +28,12 @@ from pathlib import Path
 
 import numpy as np
 
-JUDGES = ["self-qa", "self-qa-likelihood", "self-caption", "self-qa-contrast"]
+JUDGES = ["self-qa", "self-qa-likelihood", "self-caption", "self-qa-contrast", "self-ensemble"]
 SIZES = {"smoke": {"n": 6, "group": 2}, "full": {"n": 300, "group": 8}}
 
 
 def run_stages(out: Path, n: int, group: int, seed: int, judges: list[str], model: str | None,
-               options: dict[str, dict]) -> tuple[Path, Path]:
+               options: dict[str, dict], scores: Path | None = None) -> tuple[Path, Path]:
     """prompts -> generate -> eval geneval -> score; returns (results.jsonl, scores.jsonl)."""
     from unirl_kit.backbones.loading import load_backbone
     from unirl_kit.eval.geneval.runner import GenevalConfig, run_geneval
@@ -48,7 +50,7 @@ def run_stages(out: Path, n: int, group: int, seed: int, judges: list[str], mode
     run_generate(GenerateConfig(model=model, prompts=str(prompts), out=str(samples), group_size=group, seed=seed,
                                 batch_size=64, progress=False), backbone)
     run_geneval(GenevalConfig(images_dir=str(samples), out=str(out / "geneval"), progress=False))
-    scores = out / "scores.jsonl"
+    scores = scores or out / "scores.jsonl"
     run_score(ScoreConfig(samples_dir=str(samples), out=str(scores), rewards=judges, reward_options=options,
                           model=model, batch_size=32, progress=False), backbone)
     return out / "geneval" / "results.jsonl", scores
@@ -101,10 +103,10 @@ def per_prompt(groups: dict[str, list[dict]], judges: list[str]) -> list[dict]:
     rows = []
     for members in groups.values():
         for m, r in zip(members, np.mean([ranks([x[j] for x in members]) for j in judges], axis=0), strict=True):
-            m["ensemble"] = float(r)
+            m["rank-mean"] = float(r)
         row = {"tag": members[0]["tag"], "pass@1": float(np.mean([m["correct"] for m in members])),
                "oracle": float(any(m["correct"] for m in members))}
-        for j in [*judges, "ensemble"]:
+        for j in [*judges, "rank-mean"]:
             row[j] = pick_verdict(members, j)
             row[f"{j}:auc"] = group_auc(members, j)
         rows.append(row)
@@ -114,14 +116,14 @@ def per_prompt(groups: dict[str, list[dict]], judges: list[str]) -> list[dict]:
 def summarize(rows: list[dict], judges: list[str], boots: int = 2000, seed: int = 0) -> dict:
     """Per tag and overall (mean of tags): pass@1, oracle, best-of-N per judge and its gain with a 95%
     bootstrap interval over prompts (resampled within each tag), AUC in groups."""
-    keys = ["pass@1", "oracle", *judges, "ensemble"]
+    keys = ["pass@1", "oracle", *judges, "rank-mean"]
     by_tag: dict[str, list[dict]] = defaultdict(list)
     for r in rows:
         by_tag[r["tag"]].append(r)
     table: dict[str, dict] = {}
     for tag, sel in by_tag.items():
         entry = {"prompts": len(sel), **{k: float(np.mean([r[k] for r in sel])) for k in keys}}
-        for j in [*judges, "ensemble"]:
+        for j in [*judges, "rank-mean"]:
             wins = sum(r[f"{j}:auc"][0] for r in sel)
             pairs = sum(r[f"{j}:auc"][1] for r in sel)
             entry[f"{j}:auc"] = wins / pairs if pairs else None
@@ -135,7 +137,7 @@ def summarize(rows: list[dict], judges: list[str], boots: int = 2000, seed: int 
         idx = rng.integers(0, len(by_tag[t]), size=(boots, len(by_tag[t])))
         for k in keys:
             draws[k] += arrays[t][k][idx].mean(axis=1) / len(tags)
-    for j in ["oracle", *judges, "ensemble"]:
+    for j in ["oracle", *judges, "rank-mean"]:
         gain = draws[j] - draws["pass@1"]
         overall[f"{j}:gain_ci"] = [float(np.percentile(gain, 2.5)), float(np.percentile(gain, 97.5))]
         wins = sum(r[f"{j}:auc"][0] for r in rows if j != "oracle")
@@ -146,8 +148,8 @@ def summarize(rows: list[dict], judges: list[str], boots: int = 2000, seed: int 
 
 
 def markdown(table: dict, judges: list[str], group: int) -> str:
-    cols = ["pass@1", f"oracle pass@{group}", *(f"best-of-{group}: {j}" for j in [*judges, "ensemble"])]
-    keys = ["pass@1", "oracle", *judges, "ensemble"]
+    cols = ["pass@1", f"oracle pass@{group}", *(f"best-of-{group}: {j}" for j in [*judges, "rank-mean"])]
+    keys = ["pass@1", "oracle", *judges, "rank-mean"]
     lines = ["| tag | prompts | " + " | ".join(cols) + " |", "|---" * (len(cols) + 2) + "|"]
     for tag in [*[t for t in table if t != "overall"], "overall"]:
         e = table[tag]
@@ -156,7 +158,7 @@ def markdown(table: dict, judges: list[str], group: int) -> str:
     lines += ["", "| judge | best-of-N minus pass@1 (95% CI) | AUC in groups | " +
               " | ".join(t for t in table if t != "overall") + " |", "|---" * (3 + len(table) - 1) + "|"]
     o = table["overall"]
-    for j in ["oracle", *judges, "ensemble"]:
+    for j in ["oracle", *judges, "rank-mean"]:
         lo, hi = o[f"{j}:gain_ci"]
         auc = "" if o.get(f"{j}:auc") is None else f"{o[f'{j}:auc']:.3f}"
         per_tag = [("" if table[t].get(f"{j}:auc") is None else f"{table[t][f'{j}:auc']:.2f}") for t in table
@@ -171,24 +173,30 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=None, help="prompts (default: the size's)")
     ap.add_argument("--group", type=int, default=None, help="images per prompt (default: the size's)")
     ap.add_argument("--seed", type=int, default=1234)
-    ap.add_argument("--out", type=Path, default=Path("runs/bench/best_of_n"))
+    ap.add_argument("--out", type=Path, default=None, help="default: runs/bench/best_of_n/SIZE")
     ap.add_argument("--judges", nargs="+", default=JUDGES)
     ap.add_argument("--option", action="append", default=[], help="JUDGE.key=value, e.g. self-caption.judge=reference")
     ap.add_argument("--model", default=None, help="the model's weights (default: the shipped tiny-shapes)")
+    ap.add_argument("--scores", type=Path, default=None, help="the judges' scores file (default: OUT/scores.jsonl)")
+    ap.add_argument("--json", type=Path, default=None, help="also write the table here (benchmarks/run_all.py)")
     args = ap.parse_args()
     size = SIZES[args.size]
+    args.out = args.out or Path("runs/bench/best_of_n") / args.size
     n, group = args.n or size["n"], args.group or size["group"]
     options: dict[str, dict] = defaultdict(dict)
     for text in args.option:
         key, _, value = text.partition("=")
         judge, _, field = key.rpartition(".")
         options[judge][field] = json.loads(value) if value[:1] in "[{0123456789-" else value
-    results, scores = run_stages(args.out, n, group, args.seed, args.judges, args.model, dict(options))
+    results, scores = run_stages(args.out, n, group, args.seed, args.judges, args.model, dict(options), args.scores)
     table = summarize(per_prompt(load_groups(results, scores, args.judges), args.judges), args.judges)
     text = markdown(table, args.judges, group)
     print(text)
-    (args.out / "best_of_n.md").write_text(text)
-    (args.out / "best_of_n.json").write_text(json.dumps(table, indent=2) + "\n")
+    stem = scores.stem.replace("scores", "best_of_n")
+    (args.out / f"{stem}.md").write_text(text)
+    (args.out / f"{stem}.json").write_text(json.dumps(table, indent=2) + "\n")
+    if args.json:
+        args.json.write_text(json.dumps(table, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).parent
-BENCHMARKS = ["eval_throughput", "generate_throughput", "reward_throughput", "showo_sampler", "train_step"]
+BENCHMARKS = ["eval_throughput", "generate_throughput", "reward_throughput", "showo_sampler", "train_step", "best_of_n"]
 
 
 def main() -> None:

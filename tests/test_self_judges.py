@@ -168,3 +168,23 @@ def test_prompts_cli_question_style(unirl_cli, tmp_path):
     assert position["question"].startswith("What are two objects and What is position relationship")
     bad = unirl_cli("prompts", "--n", "6", "--question-style", "plain", "--out", tmp_path / "b.jsonl", check=False)
     assert bad.returncode == 2 and "question_style" in bad.stderr
+
+
+def test_best_of_n_table_from_known_groups():
+    """best-of-N takes the verdict of the judge's top image (a tie at the top: the mean of the tied), the
+    oracle any correct image, and AUC in groups counts pairs of one prompt."""
+    from conftest import load_benchmark
+
+    bon = load_benchmark("best_of_n")
+    groups = {"00000": [{"tag": "colors", "correct": c, "j": s} for c, s in ((True, 0.9), (False, 0.1), (False, 0.5))],
+              "00001": [{"tag": "colors", "correct": c, "j": s} for c, s in ((False, 0.7), (True, 0.7), (False, 0.2))],
+              "00002": [{"tag": "position", "correct": False, "j": s} for s in (0.3, 0.4, 0.5)]}
+    rows = bon.per_prompt(groups, ["j"])
+    assert [r["j"] for r in rows] == [1.0, 0.5, 0.0] and [r["oracle"] for r in rows] == [1.0, 1.0, 0.0]
+    table = bon.summarize(rows, ["j"], boots=200)
+    assert table["colors"]["j"] == pytest.approx(0.75) and table["colors"]["pass@1"] == pytest.approx(1 / 3)
+    assert table["colors"]["j:auc"] == pytest.approx((2 + 1.5) / 4)  # 4 pairs: 3 wins and a tie
+    assert table["overall"]["j"] == pytest.approx((0.75 + 0.0) / 2)
+    lo, hi = table["overall"]["j:gain_ci"]
+    assert lo <= table["overall"]["j"] - table["overall"]["pass@1"] <= hi
+    assert "| overall |" in bon.markdown(table, ["j"], 3)
