@@ -28,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
+from unirl_kit.eval.geneval.paired import interval, tag_bootstrap
+
 JUDGES = ["self-qa", "self-qa-likelihood", "self-caption", "self-qa-contrast", "self-ensemble"]
 SIZES = {"smoke": {"n": 6, "group": 2}, "full": {"n": 300, "group": 8}}
 
@@ -130,19 +132,12 @@ def summarize(rows: list[dict], judges: list[str], boots: int = 2000, seed: int 
         table[tag] = entry
     tags = sorted(by_tag)
     overall = {"prompts": len(rows), **{k: float(np.mean([table[t][k] for t in tags])) for k in keys}}
-    rng = np.random.default_rng(seed)
-    arrays = {t: {k: np.array([r[k] for r in by_tag[t]]) for k in keys} for t in tags}
-    draws = {k: np.zeros(boots) for k in keys}
-    for t in tags:
-        idx = rng.integers(0, len(by_tag[t]), size=(boots, len(by_tag[t])))
-        for k in keys:
-            draws[k] += arrays[t][k][idx].mean(axis=1) / len(tags)
     for j in ["oracle", *judges, "rank-mean"]:
-        gain = draws[j] - draws["pass@1"]
-        overall[f"{j}:gain_ci"] = [float(np.percentile(gain, 2.5)), float(np.percentile(gain, 97.5))]
-        wins = sum(r[f"{j}:auc"][0] for r in rows if j != "oracle")
-        pairs = sum(r[f"{j}:auc"][1] for r in rows if j != "oracle")
-        overall[f"{j}:auc"] = wins / pairs if pairs and j != "oracle" else None
+        gains = {t: np.array([r[j] - r["pass@1"] for r in by_tag[t]]) for t in tags}
+        overall[f"{j}:gain_ci"] = interval(tag_bootstrap(gains, boots, seed)[1])
+        if j != "oracle":  # the oracle is the verdict itself: no ranking to score
+            wins, pairs = sum(r[f"{j}:auc"][0] for r in rows), sum(r[f"{j}:auc"][1] for r in rows)
+            overall[f"{j}:auc"] = wins / pairs if pairs else None
     table["overall"] = overall
     return table
 

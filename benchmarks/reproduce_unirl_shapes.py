@@ -59,9 +59,11 @@ def loop_overrides(cfg: ReproduceConfig, arm: str, size: str, seed: int, out: Pa
     for key, value in read_yaml(ROOT / cfg.loop_config).items():  # the loop config's trainer configs, found
         if key in ("grpo_config", "sft_config") and value and not Path(value).is_absolute():  # wherever we run
             over.append(f"{key}={ROOT / value}")
-    trainer = {"grpo": ["grpo_overrides"], "sft": ["sft_overrides"], "both": ["grpo_overrides", "sft_overrides"]}
-    for key in trainer.get(str(spec.get("train", "grpo")), []) if spec.get("rounds", 1) else []:
-        spec[key] = [*spec.get(key, []), f"run.steps={steps}"]  # every trained arm, overrides or none
+    if spec.get("rounds", 1):  # every trained arm gets the size's steps, whether it has overrides or not
+        train = str(spec.get("train", "grpo"))
+        for key in ("grpo_overrides", "sft_overrides"):
+            if key.startswith(train) or train == "both" or (train == "raft" and key == "sft_overrides"):
+                spec[key] = [*spec.get(key, []), f"run.steps={steps}"]
     for key, value in spec.items():
         if key in ("grpo_config", "sft_config") and value and not Path(value).is_absolute():  # an arm's own
             over.append(f"{key}={ROOT / value}")

@@ -83,3 +83,23 @@ def load_benchmark(name: str):
     sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture(scope="session")
+def small_janus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random tiny Janus for the trainers' tests (32 px, 8x8 tokens, 2 text layers); a module may define
+    its own `small_janus` with another seed (test_loop)."""
+    from unirl_kit.testing.tiny_janus import save_random_janus
+
+    return save_random_janus(tmp_path_factory.mktemp("trainers") / "model", text_hidden=64, text_layers=2,
+                             image_size=32, seed=1)
+
+
+@pytest.fixture(scope="session")
+def prompts(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """12 shapes prompts, two of each tag."""
+    from unirl_kit.prompts.cmd import PromptsConfig, run_prompts
+
+    out = tmp_path_factory.mktemp("trainer_prompts") / "prompts.jsonl"
+    run_prompts(PromptsConfig(world="shapes", n=12, seed=3, out=str(out)))
+    return out

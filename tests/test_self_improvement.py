@@ -24,23 +24,6 @@ class Constant:
         return RewardOutput([0.5] * len(samples))
 
 
-@pytest.fixture(scope="module")
-def small_janus(tmp_path_factory) -> Path:
-    from unirl_kit.testing.tiny_janus import save_random_janus
-
-    return save_random_janus(tmp_path_factory.mktemp("si") / "model", text_hidden=64, text_layers=2,
-                             image_size=32, seed=1)
-
-
-@pytest.fixture(scope="module")
-def prompts(tmp_path_factory) -> Path:
-    from unirl_kit.prompts.cmd import PromptsConfig, run_prompts
-
-    out = tmp_path_factory.mktemp("si_prompts") / "prompts.jsonl"
-    run_prompts(PromptsConfig(world="shapes", n=12, seed=3, out=str(out)))
-    return out
-
-
 def _load(cls, model: Path, prompt_file: Path, out: Path, **over):
     from unirl_kit.config import load_config
 

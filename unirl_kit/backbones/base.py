@@ -155,10 +155,14 @@ def candidate_logprobs_by_rows(backbone: Any, images: Sequence[Image.Image], que
     with torch.no_grad():
         got = backbone.answer_logprobs([images[i] for i, _ in rows], [questions[i] for i, _ in rows],
                                        [text for _, text in rows])
-    totals = got.sequence_logprobs.float().tolist()
+    return split_like(got.sequence_logprobs.float().tolist(), candidates)
+
+
+def split_like(flat: Sequence[float], candidates: Sequence[Sequence[str]]) -> list[list[float]]:
+    """`flat` (one value per candidate, image-major) cut back into one list per image."""
     out, at = [], 0
     for cands in candidates:
-        out.append(totals[at:at + len(cands)])
+        out.append(list(flat[at:at + len(cands)]))
         at += len(cands)
     return out
 

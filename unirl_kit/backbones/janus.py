@@ -27,6 +27,7 @@ from unirl_kit.backbones.base import (
     resolve_cfg_scale,
     resolve_seeds,
     rows_per_prompt,
+    split_like,
     to_pil,
     uniform_stream,
 )
@@ -269,12 +270,7 @@ class JanusBackbone:
                                       cache=cache, use_cache=True).last_hidden_state
             rest = self.model.lm_head(hidden).float().log_softmax(-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
             logp = torch.cat([logp, rest], dim=1)
-        totals = (logp * keep).sum(-1).tolist()
-        result, at = [], 0
-        for cands in candidates:
-            result.append(totals[at:at + len(cands)])
-            at += len(cands)
-        return result
+        return split_like((logp * keep).sum(-1).tolist(), candidates)
 
     def _score_answers(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, pixels: torch.Tensor,
                        answers: Sequence[str]) -> AnswerScores:

@@ -107,7 +107,7 @@ def raft(cfg: LoopConfig, folder: Path, train_prompts: Path, model: str | None, 
                                                                 cfg.backbone.options)
     scores = run_score(ScoreConfig(samples_dir=str(samples), rewards=list(sft.rewards), reward_options=sft.reward_options,
                                    backbone=name, model=judge_model, progress=cfg.progress), judge)
-    del backbone, judge
+    del backbone, judge  # free them before the trainer loads its own copy
     return {"judged": scores, "sft": run_sft(sft, resume=(out / "checkpoints").exists())}
 
 

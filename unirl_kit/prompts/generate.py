@@ -133,6 +133,12 @@ def _draw(tag: str, count: int, w: World, rng: np.random.Generator, seen: set[st
     return out
 
 
+def _reused(spec: PromptSpec, style: str) -> PromptSpec:
+    """A held-out prompt reused for training: marked `held_out: false`, asked in `style`."""
+    q, a = question_answer(spec, style)
+    return dataclasses.replace(spec, question=q, answer=a, extra=(*spec.extra, ("held_out", False)))
+
+
 def share_quotas(n: int, shares: Mapping[str, float]) -> dict[str, int]:
     """`n` split by weight, largest remainders first (ties in tag order), so the quotas sum to `n`."""
     total = sum(shares.values())
@@ -162,9 +168,7 @@ def generate_training_prompts(world: str, n: int, seed: int, shares: Mapping[str
     out: list[PromptSpec] = []
     for tag, quota in share_quotas(n, shares).items():
         fresh = _draw(tag, quota, w, rng, seen, style)
-        reused = [dataclasses.replace(s, question=None, answer=None, extra=(*s.extra, ("held_out", False)))
-                  for s in held_out if s.tag == tag]
-        reused = [dataclasses.replace(s, question=q, answer=a) for s in reused for q, a in [question_answer(s, style)]]
+        reused = [_reused(s, style) for s in held_out if s.tag == tag]
         pool = fresh + reused[: max(0, quota - len(fresh))]
         out += [pool[i % len(pool)] for i in range(quota)] if pool else []
     return out

@@ -42,11 +42,8 @@ def check_style(style: str) -> None:
 
 
 def style_of(spec: PromptSpec) -> str:
-    """The wording of a spec's own question (the authors' when it is theirs), else the default."""
-    for style, templates in QUESTION_STYLES.items():
-        if spec.question is not None and spec.question == templates.get(spec.tag) and style != DEFAULT_STYLE:
-            return style
-    return DEFAULT_STYLE
+    """The wording of a spec's own question: the authors' when it is theirs, else `named`."""
+    return "unirl" if spec.question is not None and spec.question == QUESTION_STYLES["unirl"].get(spec.tag) else "named"
 
 
 def question_answer(spec: PromptSpec, style: str = DEFAULT_STYLE) -> tuple[str, str]:

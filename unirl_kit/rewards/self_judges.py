@@ -18,6 +18,7 @@ starting weights instead of the moving policy (`rewards/base.judge_backbone`).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
@@ -42,8 +43,6 @@ def candidate_logprobs(backbone: Any, images: Sequence[Any], questions: Sequence
 def softmax_first(values: Sequence[float], temperature: float) -> float:
     """The softmax share of values[0]."""
     top = max(values)
-    import math
-
     weights = [math.exp((v - top) / temperature) for v in values]
     return weights[0] / sum(weights)
 
@@ -59,15 +58,16 @@ class _ContrastJudge:
     score: str = "share"
 
     def __init__(self, backbone: Any, batch_size: int = 16, temperature: float = 1.0, judge: str = "policy",
-                 max_edits: int = 0) -> None:
+                 max_classes: int = 0) -> None:
         if batch_size < 1:
             raise InputError(f"{self.name}: batch_size must be >= 1, got {batch_size}")
         if not temperature > 0:
             raise InputError(f"{self.name}: temperature must be > 0, got {temperature}")
-        if max_edits < 0:
-            raise InputError(f"{self.name}: max_edits must be >= 0 (0: all), got {max_edits}")
+        if max_classes < 0:
+            raise InputError(f"{self.name}: max_classes (class substitutions per object) must be >= 0 (0: all), "
+                             f"got {max_classes}")
         self.backbone = judge_backbone(backbone, judge, self.name)
-        self.batch_size, self.temperature, self.max_edits = batch_size, temperature, max_edits
+        self.batch_size, self.temperature, self.max_classes = batch_size, temperature, max_classes
 
     def question_and_candidates(self, sample: Sample) -> tuple[str, list[str]]:
         raise NotImplementedError
@@ -93,16 +93,16 @@ class SelfCaptionReward(_ContrastJudge):
     name: ClassVar[str] = "self-caption"
 
     def __init__(self, backbone: Any, batch_size: int = 16, temperature: float = 1.0, judge: str = "policy",
-                 max_edits: int = 0, question: str = CAPTION_QUESTION, score: str = "logprob") -> None:
+                 max_classes: int = 0, question: str = CAPTION_QUESTION, score: str = "logprob") -> None:
         if score not in SCORES:
             raise InputError(f"self-caption: score must be one of {', '.join(SCORES)}, got {score!r}")
-        super().__init__(backbone, batch_size, temperature, judge, max_edits)
+        super().__init__(backbone, batch_size, temperature, judge, max_classes)
         self.question, self.score = question, score
 
     def question_and_candidates(self, sample: Sample) -> tuple[str, list[str]]:
         if self.score == "logprob":
             return self.question, [sample.spec.prompt]
-        edits = minimal_edits(sample.spec, max_classes=self.max_edits or None)
+        edits = minimal_edits(sample.spec, max_classes=self.max_classes or None)
         return self.question, [sample.spec.prompt, *(e.prompt for e in edits)]
 
 
@@ -114,7 +114,7 @@ class SelfQAContrastReward(_ContrastJudge):
     def question_and_candidates(self, sample: Sample) -> tuple[str, list[str]]:
         question, truth = question_and_truth(sample.spec)
         answers = [truth]
-        for e in minimal_edits(sample.spec, max_classes=self.max_edits or None):
+        for e in minimal_edits(sample.spec, max_classes=self.max_classes or None):
             answer = question_answer(e, style_of(sample.spec))[1]
             if answer not in answers:
                 answers.append(answer)

@@ -35,18 +35,19 @@ def _score_rows(path: Path) -> dict[int, list[dict]]:
     if not path.is_file():
         raise InputError(f"{path}: no scores; run `unirl score {path.parent}` with the judge first")
     groups: dict[int, list[dict]] = {}
-    for n, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-            key, image, reward = int(row["prompt_index"]), int(row["image_index"]), float(row["reward"])
-        except (ValueError, KeyError, TypeError):
-            raise InputError(f"{path}: line {n}: expected a `unirl score` row with prompt_index, image_index and "
-                             "reward") from None
-        if not np.isfinite(reward):
-            raise InputError(f"{path}: line {n}: reward is {reward}; a reward must be finite")
-        groups.setdefault(key, []).append({"image": image, "reward": reward})
+    with path.open(encoding="utf-8", errors="replace") as fh:  # line by line: only three numbers kept a row
+        for n, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                key, image, reward = int(row["prompt_index"]), int(row["image_index"]), float(row["reward"])
+            except (ValueError, KeyError, TypeError):
+                raise InputError(f"{path}: line {n}: expected a `unirl score` row with prompt_index, image_index "
+                                 "and reward") from None
+            if not np.isfinite(reward):
+                raise InputError(f"{path}: line {n}: reward is {reward}; a reward must be finite")
+            groups.setdefault(key, []).append({"image": image, "reward": reward})
     return groups
 
 

@@ -27,8 +27,11 @@ from unirl_kit.types import InputError
 
 
 def run_job(cfg: Any, resume: bool, *, check: Callable[[Any, int], None], stamp: dict[str, str],
-            wants_rewards: bool, keep_reference: bool, train_step: Callable[..., dict[str, Any]]) -> dict[str, Any]:
+            wants_rewards: bool, keep_reference: bool, train_step: Callable[..., dict[str, Any]],
+            load_pool: Callable[[Any], list] | None = None) -> dict[str, Any]:
     """Train `cfg.run.steps` steps with `train_step(policy, optimizer, reward, pool, step, cfg, rank, world)`.
+
+    `pool` is the prompt file's prompts, or what `load_pool(cfg)` returns (SFT distill: the kept images).
 
     `stamp` (e.g. {"config": "train sft", "mode": "und"}) is saved in every checkpoint; a resume whose
     checkpoints carry another stamp is refused. Rewards are built only when `wants_rewards`.
@@ -39,12 +42,7 @@ def run_job(cfg: Any, resume: bool, *, check: Callable[[Any, int], None], stamp:
     from unirl_kit.registry import registry
     from unirl_kit.rewards.base import build_rewards, parse_reward_spec
 
-    if getattr(cfg, "mode", None) == "distill":  # offline self-RAFT: the judged images are the data
-        from unirl_kit.training.distill_data import load_kept
-
-        pool: list = load_kept(Path(cfg.samples), cfg.keep_top, cfg.threshold)
-    else:
-        pool = read_prompts(Path(cfg.prompts))
+    pool: list = load_pool(cfg) if load_pool else read_prompts(Path(cfg.prompts))
     if not pool:
         raise InputError(f"{cfg.prompts}: no prompts")
     if wants_rewards:

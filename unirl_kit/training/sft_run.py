@@ -15,4 +15,14 @@ def run_sft(cfg: SFTConfig, resume: bool = False) -> dict[str, Any]:
 
     return run_job(cfg, resume, check=check_sft, stamp={"config": "train sft", "mode": cfg.mode},
                    wants_rewards=cfg.mode == "gen-rs",  # distill's images were judged by `unirl score`
-                   keep_reference=False, train_step=train_step)
+                   keep_reference=False, train_step=train_step,
+                   load_pool=_kept_images if cfg.mode == "distill" else None)
+
+
+def _kept_images(cfg: SFTConfig) -> list:
+    """Offline self-RAFT's data: the judge's best images of the samples folder."""
+    from pathlib import Path
+
+    from unirl_kit.training.distill_data import load_kept
+
+    return load_kept(Path(cfg.samples), cfg.keep_top, cfg.threshold)

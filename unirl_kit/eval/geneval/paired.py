@@ -55,24 +55,32 @@ def paired_delta(before: Sequence[Mapping[str, Any]], after: Sequence[Mapping[st
     by_tag: dict[str, list[str]] = defaultdict(list)
     for k in common:
         by_tag[b[k][0]].append(k)
-    rng = np.random.default_rng(seed)
-    tags = sorted(by_tag)
-    out: dict[str, Any] = {"tags": {}}
-    draws = np.zeros(boots)
-    total = 0.0
-    for t in tags:
-        diff = np.array([a[k][1] - b[k][1] for k in by_tag[t]])
-        boot = diff[rng.integers(0, len(diff), size=(boots, len(diff)))].mean(axis=1)
-        out["tags"][t] = _entry(float(diff.mean()), boot, len(diff), sum(a[k][2] for k in by_tag[t]))
-        draws += boot / len(tags)
-        total += float(diff.mean()) / len(tags)
-    images = sum(a[k][2] for k in common)
-    out["overall"] = _entry(total, draws, len(common), images) if tags else _entry(None, None, 0, 0)
+    diffs = {t: np.array([a[k][1] - b[k][1] for k in keys]) for t, keys in sorted(by_tag.items())}
+    per_tag, overall = tag_bootstrap(diffs, boots, seed)
+    out: dict[str, Any] = {"tags": {t: _entry(float(d.mean()), per_tag[t], len(d), sum(a[k][2] for k in by_tag[t]))
+                                    for t, d in diffs.items()}}
+    total = float(np.mean([d.mean() for d in diffs.values()])) if diffs else None
+    out["overall"] = _entry(total, overall if diffs else None, len(common), sum(a[k][2] for k in common))
     return out
 
 
+def tag_bootstrap(values: Mapping[str, np.ndarray], boots: int = 2000, seed: int = 0
+                  ) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Bootstrap draws of each tag's mean of per-prompt `values` (prompts resampled within their tag) and of
+    GenEval's overall, the unweighted mean of the tag means."""
+    rng = np.random.default_rng(seed)
+    per_tag = {t: v[rng.integers(0, len(v), size=(boots, len(v)))].mean(axis=1) for t, v in values.items()}
+    overall = np.mean(list(per_tag.values()), axis=0) if per_tag else np.zeros(boots)
+    return per_tag, overall
+
+
+def interval(draws: np.ndarray) -> list[float]:
+    """The 95% percentile interval of bootstrap draws."""
+    return [round(float(np.percentile(draws, 2.5)), 6), round(float(np.percentile(draws, 97.5)), 6)]
+
+
 def _entry(delta: float | None, boot: np.ndarray | None, prompts: int, images: int) -> dict[str, Any]:
-    ci = None if boot is None else [round(float(np.percentile(boot, 2.5)), 6), round(float(np.percentile(boot, 97.5)), 6)]
+    ci = None if boot is None else interval(boot)
     return {"delta": None if delta is None else round(delta, 6) + 0.0, "ci": ci, "prompts": prompts, "images": images}
 
 
