@@ -5,8 +5,10 @@
 3. `geneval` through a loopback reward server started in this process (`remote`): samples/s and
    the overhead ratio remote / in-process (seconds for the same samples; 1.0 = free), plus whether
    the scores are identical.
+4. The same server under load: 1, 10 and 50 clients posting at once (each its requests in turn, no
+   retries): requests/s, errors by kind (an HTTP status or a reset connection) and latency.
 
-python benchmarks/reward_throughput.py [--size smoke|small|full] [--json OUT.json]
+python benchmarks/reward_throughput.py [--size smoke|small|full] [--json OUT.json]   (smoke: seconds)
 """
 
 from __future__ import annotations
@@ -18,8 +20,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-# samples for self-qa, samples for geneval, repeats (best of), batch size
-SIZES = {"smoke": (8, 64, 1, 8), "small": (32, 512, 3, 32), "full": (128, 2048, 3, 32)}
+# samples for self-qa, samples for geneval, repeats (best of), batch size, requests per load client
+SIZES = {"smoke": (8, 64, 1, 8, 2), "small": (32, 512, 3, 32, 4), "full": (128, 2048, 3, 32, 8)}
+CLIENTS = (1, 10, 50)
+LOAD_BATCH = 4  # samples per load request: small, so the numbers are the server's, not the detector's
 
 
 def _samples(n: int, seed: int = 0) -> list:
@@ -93,12 +97,69 @@ def _geneval(samples: list, batch: int, repeats: int) -> dict:
             "identical_scores": local_scores == remote_scores, "mean_score": sum(local_scores) / n}
 
 
+def _client(url: str, body: bytes, requests: int, barrier: threading.Barrier, results: list) -> None:
+    """One load client: `requests` POSTs in turn; (seconds, None) or (seconds, error kind) each."""
+    import urllib.error
+    import urllib.request
+
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    barrier.wait()
+    for _ in range(requests):
+        t0, error = time.perf_counter(), None
+        request = urllib.request.Request(url + "/score", data=body, headers={"Content-Type": "application/json"})
+        try:
+            with opener.open(request, timeout=120) as response:
+                json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            error = f"HTTP {exc.code}"
+        except (OSError, ValueError) as exc:  # reset, refused, timed out, not JSON
+            error = type(exc).__name__
+        results.append((time.perf_counter() - t0, error))
+
+
+def _load_level(url: str, body: bytes, clients: int, requests: int) -> dict:
+    """`clients` threads released together; requests/s over the wall time of all of them."""
+    barrier, results, threads = threading.Barrier(clients + 1), [], []
+    for _ in range(clients):
+        threads.append(threading.Thread(target=_client, args=(url, body, requests, barrier, results)))
+        threads[-1].start()
+    barrier.wait()
+    t0 = time.perf_counter()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t0
+    errors: dict[str, int] = {}
+    for _, error in results:
+        if error is not None:
+            errors[error] = errors.get(error, 0) + 1
+    latencies = sorted(s for s, _ in results)
+    return {"clients": clients, "requests": len(results), "errors": sum(errors.values()), "error_kinds": errors,
+            "seconds": wall, "requests_per_s": len(results) / wall,
+            "latency_ms_p50": 1000 * latencies[len(latencies) // 2], "latency_ms_max": 1000 * latencies[-1]}
+
+
+def _server_load(samples: list, requests: int) -> dict:
+    """A loopback `geneval` server under 1, 10 and 50 concurrent clients, each sending the same request."""
+    from unirl_kit.rewards.server import make_reward_server
+    from unirl_kit.rewards.wire import dumps, encode_samples
+
+    server = make_reward_server("geneval", port=0, log_requests=False)
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    try:
+        body = dumps(encode_samples("geneval", samples[:LOAD_BATCH]))
+        return {"batch_size": LOAD_BATCH, "request_bytes": len(body),
+                "levels": [_load_level(server.url, body, n, requests) for n in CLIENTS]}
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", choices=sorted(SIZES), default="small")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
-    n_qa, n_gen, repeats, batch = SIZES[args.size]
+    n_qa, n_gen, repeats, batch, load_requests = SIZES[args.size]
     report: dict = {"benchmark": "reward_throughput", "size": args.size}
     t0 = time.perf_counter()
     samples = _samples(max(n_qa, n_gen))
@@ -113,6 +174,13 @@ def main() -> None:
           f"overhead ratio remote/in-process {row['overhead_ratio']:.2f} "
           f"({row['overhead_ms_per_sample']:.2f} ms/sample); identical scores: {row['identical_scores']}; "
           f"mean score {row['mean_score']:.3f}")
+    row = report["server_load"] = _server_load(samples, load_requests)
+    for level in row["levels"]:
+        kinds = ", ".join(f"{k} x{v}" for k, v in sorted(level["error_kinds"].items())) or "none"
+        print(f"server load, {level['clients']:>2} concurrent clients (geneval, batch {row['batch_size']}): "
+              f"{level['requests']} requests, {level['requests_per_s']:.0f} requests/s, "
+              f"{level['errors']} errors ({kinds}); latency p50 {level['latency_ms_p50']:.0f} ms, "
+              f"max {level['latency_ms_max']:.0f} ms")
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")
 

@@ -153,7 +153,7 @@ def test_wire_round_trip_keeps_spec_pixels_tokens_and_indices() -> None:
     (lambda r: r.pop("samples"), "request.samples"),
     (lambda r: r["samples"][1].pop("image_png"), "request.samples[1]: missing field 'image_png'"),
     (lambda r: r["samples"][0].update(image_png="not base64!"), "request.samples[0].image_png"),
-    (lambda r: r["samples"][0].update(image_png="aGVsbG8="), "request.samples[0].image_png: not a readable PNG"),
+    (lambda r: r["samples"][0].update(image_png="aGVsbG8="), "request.samples[0].image_png: unreadable image"),
     (lambda r: r["samples"][0]["spec"].pop("prompt"), "request.samples[0].spec: field 'prompt'"),
     (lambda r: r["samples"][1].update(tokens=[1, "2"]), "request.samples[1].tokens"),
     (lambda r: r["samples"][0].update(prompt_index=-1), "request.samples[0].prompt_index"),
@@ -372,3 +372,164 @@ def test_cli_passes_options_and_fails_in_one_line(monkeypatch) -> None:
     assert result.exit_code == 2 and "need --backbone" in result.output
     result = runner.invoke(_cli(), ["serve", "reward", "--help"])
     assert "reward_options.KEY=VALUE" in result.output
+
+
+# ---- hostile requests: bounded, and always answered in JSON ----
+
+def raw_exchange(server: RewardServer, data: bytes) -> tuple[int, dict]:
+    """Send bytes as they are (a request urllib would not make); the status and JSON body back."""
+    import http.client
+
+    host, port = server.server_address[:2]
+    with socket.create_connection((host, port), timeout=10) as sock:
+        sock.sendall(data)
+        response = http.client.HTTPResponse(sock)
+        response.begin()
+        return response.status, json.loads(response.read())
+
+
+def post_raw(server: RewardServer, body: bytes, path: str = "/score") -> tuple[int, dict]:
+    head = f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    return raw_exchange(server, head.encode() + body)
+
+
+def test_oversized_body_is_answered_413_in_json(serve) -> None:
+    server = serve("test-pixels", max_request_bytes=10_000)
+    status, body = post_raw(server, b"[" + b" " * 50_000 + b"]")
+    assert status == 413 and "exceeds the server's limit of 10000 bytes" in body["error"]
+    from unirl_kit.rewards.server import MAX_REQUEST_BYTES
+
+    assert MAX_REQUEST_BYTES == 32 * 2**20  # the default: 256 MiB before
+
+
+@pytest.mark.parametrize("levels", [40, 100_000])  # past the depth guard; past Python's recursion limit
+def test_deeply_nested_json_gets_400(serve, levels: int) -> None:
+    server = serve("test-pixels")
+    status, body = post_raw(server, b"[" * levels + b"]" * levels)
+    assert status == 400 and body["error"].startswith("request: JSON nested")
+
+
+@pytest.mark.parametrize("number, reason", [
+    ("9" * 30, "outside the 64-bit range"),
+    ("-" + "9" * 100_000, "outside the 64-bit range"),  # past Python's 4300-digit conversion limit
+    (str(2**63), "outside the 64-bit range"),
+    ("NaN", "NaN is not valid JSON"),
+    ("1e999", "out of range"),
+])
+def test_huge_or_non_finite_numbers_get_400(serve, number: str, reason: str) -> None:
+    server = serve("test-pixels")
+    request = dumps(encode_samples("test-pixels", make_samples(1))).replace(b'"prompt_index":0', f'"prompt_index":{number}'.encode())
+    assert number.encode() in request
+    status, body = post_raw(server, request)
+    assert status == 400 and body["error"].startswith("request: malformed JSON") and reason in body["error"]
+    assert len(body["error"]) < 1100  # the number is not echoed whole
+
+
+def test_request_pixel_budget(serve) -> None:
+    server = serve("test-pixels", max_request_pixels=3 * 64 * 64)
+    status, _ = post_raw(server, dumps(encode_samples("test-pixels", make_samples(3))))
+    assert status == 200
+    status, body = post_raw(server, dumps(encode_samples("test-pixels", make_samples(4))))
+    assert status == 400 and "request.samples[3]: the request's images pass 12,288 pixels" in body["error"]
+
+
+def test_protocol_errors_are_json(serve) -> None:
+    server = serve("test-pixels")
+    status, body = raw_exchange(server, b"PUT /score HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+    assert status == 501 and "HTTP 501" in body["error"]
+    status, body = raw_exchange(server, b"GET /a b HTTP/1.1\r\n\r\n")
+    assert status == 400 and "HTTP 400: Bad request syntax" in body["error"]
+    status, body = raw_exchange(server, b"POST /score HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert status == 411 and "Content-Length" in body["error"]
+    status, body = raw_exchange(server, b"POST /score HTTP/1.1\r\nHost: x\r\nContent-Length: ten\r\n\r\n")
+    assert status == 400 and "bad Content-Length" in body["error"]
+
+
+def test_stalled_body_gets_408(serve, monkeypatch) -> None:
+    from unirl_kit.rewards.server import _Handler
+
+    monkeypatch.setattr(_Handler, "timeout", 0.3)  # seconds a read may wait (60 in service)
+    server = serve("test-pixels")
+    status, body = raw_exchange(server, b"POST /score HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"a\"")
+    assert status == 408 and "body not received in time (4 of 100 bytes" in body["error"]
+
+
+def test_short_body_from_a_closing_client_gets_400(serve) -> None:
+    server = serve("test-pixels")
+    host, port = server.server_address[:2]
+    with socket.create_connection((host, port), timeout=10) as sock:
+        sock.sendall(b"POST /score HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"a\"")
+        sock.shutdown(socket.SHUT_WR)
+        reply = sock.makefile("rb").read()
+    assert reply.startswith(b"HTTP/1.0 400") and b"body ended after 4 of 100 bytes" in reply
+
+
+def test_a_bug_in_the_server_is_a_500_in_json(serve, monkeypatch, capsys) -> None:
+    import unirl_kit.rewards.server as server_mod
+
+    def broken(payload, max_total_pixels=None):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(server_mod, "decode_samples", broken)
+    server = serve("test-pixels")
+    status, body = post_raw(server, dumps(encode_samples("test-pixels", make_samples(1))))
+    assert status == 500 and body["error"] == "reward server failed: RuntimeError: boom"
+
+
+def test_bodies_are_read_under_a_bound_on_concurrent_requests(serve, monkeypatch) -> None:
+    """At most max_active requests hold a body (read, decoded or being scored) at once."""
+    from unirl_kit.rewards.server import _Handler
+
+    holding, peak, guard = [0], [0], threading.Lock()
+    read, score = _Handler._read_samples, _Handler._score
+
+    def counted_read(self, length):
+        with guard:
+            holding[0] += 1
+            peak[0] = max(peak[0], holding[0])
+        samples = read(self, length)
+        if samples is None:
+            with guard:
+                holding[0] -= 1
+        return samples
+
+    def counted_score(self, samples):
+        try:
+            score(self, samples)
+        finally:
+            with guard:
+                holding[0] -= 1
+
+    monkeypatch.setattr(_Handler, "_read_samples", counted_read)
+    monkeypatch.setattr(_Handler, "_score", counted_score)
+    server = serve("test-pixels", {"delay_s": 0.05}, max_active=2)
+    request = dumps(encode_samples("test-pixels", make_samples(2)))
+    statuses: list[int] = []
+    threads = [threading.Thread(target=lambda: statuses.append(post_raw(server, request)[0])) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert statuses == [200] * 6
+    assert peak[0] == 2  # concurrent clients did overlap, and no more than two held a body
+
+
+def test_fifty_concurrent_clients_are_all_answered(serve) -> None:
+    server = serve("test-pixels")
+    assert server.request_queue_size == 128
+    request = dumps(encode_samples("test-pixels", make_samples(1)))
+    barrier, statuses = threading.Barrier(50), []
+
+    def client() -> None:
+        barrier.wait()
+        try:
+            statuses.append(post_raw(server, request)[0])
+        except OSError as exc:  # a reset connection: what a backlog of 5 gave
+            statuses.append(type(exc).__name__)
+
+    threads = [threading.Thread(target=client) for _ in range(50)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert statuses == [200] * 50

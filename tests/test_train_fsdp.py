@@ -13,6 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from unirl_kit.checkpoint import read_state
 from unirl_kit.rewards.base import RewardOutput
 from unirl_kit.testing.rewards import BRIGHTNESS, register_test_rewards
 from unirl_kit.types import InputError
@@ -137,7 +138,7 @@ def _same_rows(one: list[dict], two: list[dict], keys: set[str] | None = None) -
 
 def _checkpoint(out: Path, step: int = 2) -> tuple[dict[str, torch.Tensor], dict]:
     ckpt = out / "checkpoints" / f"step-{step:07d}"
-    return load_file(ckpt / "model.safetensors"), torch.load(ckpt / "state.pt", weights_only=False)
+    return load_file(ckpt / "model.safetensors"), read_state(ckpt)
 
 
 # columns over the global batch; the others (loss, KL, ratios, each reward's mean) describe rank 0's rows

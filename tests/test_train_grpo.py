@@ -59,6 +59,12 @@ def test_resume_continues_exactly(small_janus, prompts, tmp_path):
     base = load_file(small_janus / "model.safetensors")
     key = next(k for k in a if "generation_head" in k and k in base)
     assert not torch.equal(a[key], base[key])  # training changed the weights
+    saved = (tmp_path / "split" / "config.yaml").read_bytes()
+    with pytest.raises(InputError, match="optim.lr"):  # another run's settings are not continued
+        run_grpo(_cfg(small_janus, prompts, tmp_path / "split", **{"optim.lr": 2e-3}), resume=True)
+    with pytest.raises(InputError, match="already reached step 4"):  # nor cut short
+        run_grpo(_cfg(small_janus, prompts, tmp_path / "split", **{"run.steps": 2}), resume=True)
+    assert (tmp_path / "split" / "config.yaml").read_bytes() == saved
 
 
 def test_fresh_run_refuses_an_out_with_checkpoints(small_janus, prompts, tmp_path):

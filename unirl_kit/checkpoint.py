@@ -2,25 +2,39 @@
 
 A checkpoint is a folder written under a temporary name and renamed into place, so a kill never
 leaves a torn checkpoint; `latest_checkpoint` only ever sees complete ones.
+
+Nothing is pickled: the state beside the weights is `state.safetensors` (its tensors and arrays) plus
+`state.json` (everything else, pointing at the tensors by name), because unpickling a file someone
+hands you runs whatever code it names. A `state.pt` of an older unirl-kit is refused; if it is
+trusted, `python -m unirl_kit.checkpoint convert CHECKPOINTS_DIR --trust-pickle` rewrites it.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import re
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from unirl_kit.types import InputError
+
 _STEP_DIR = re.compile(r"^step-(\d+)$")
+STATE_JSON, STATE_TENSORS, PICKLED_STATE = "state.json", "state.safetensors", "state.pt"
+_TAGS = ("$tensor", "$ndarray", "$tuple", "$items")  # a plain dict never has a key starting with "$"
 
 
 def save_checkpoint(root: Path, step: int, model: torch.nn.Module | dict[str, torch.Tensor], state: dict[str, Any],
                     keep: int = 2) -> Path:
-    """root/step-N/{model.safetensors, state.pt}; older ones beyond `keep` are removed. `model` is a
-    module (its whole state dict) or just the tensors to keep (e.g. a LoRA adapter's)."""
+    """root/step-N/{model.safetensors, state.safetensors, state.json}; older ones beyond `keep` are
+    removed. `model` is a module (its whole state dict) or just the tensors to keep (e.g. a LoRA adapter's)."""
     root = Path(root)
     final = root / f"step-{step:07d}"
     tmp = root / f".tmp-step-{step:07d}"
@@ -29,12 +43,98 @@ def save_checkpoint(root: Path, step: int, model: torch.nn.Module | dict[str, to
     tensors = model if isinstance(model, dict) else model.state_dict()
     weights = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     save_file(_untie(weights), tmp / "model.safetensors")
-    torch.save({**state, "step": step, "torch_rng": torch.get_rng_state()}, tmp / "state.pt")
+    save_state(tmp, {**state, "step": step, "torch_rng": torch.get_rng_state()})
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
     for old in sorted(_steps(root))[:-keep] if keep > 0 else []:
         shutil.rmtree(root / f"step-{old:07d}", ignore_errors=True)
     return final
+
+
+def save_state(folder: Path, state: dict[str, Any]) -> None:
+    """`state` (dicts, lists, tuples, tensors, numpy arrays, plain scalars) as state.safetensors +
+    state.json in `folder`; the JSON is written last, so a folder with it holds a whole state."""
+    from unirl_kit.jsonl import write_atomic
+
+    tensors: dict[str, torch.Tensor] = {}
+    tree = _encode(state, tensors)
+    save_file(_untie(tensors), Path(folder) / STATE_TENSORS)
+    write_atomic(Path(folder) / STATE_JSON, json.dumps(tree) + "\n")
+
+
+def _encode(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    """JSON for `obj`: tensors and arrays move into `tensors` by name; tuples and dicts whose keys JSON
+    cannot keep (ints, say: an optimizer's parameter ids) are tagged so they read back as they were."""
+    if isinstance(obj, (torch.Tensor, np.ndarray)):
+        name = str(len(tensors))
+        is_array = isinstance(obj, np.ndarray)
+        tensors[name] = torch.from_numpy(np.ascontiguousarray(obj)) if is_array else obj.detach().cpu().contiguous()
+        return {"$ndarray" if is_array else "$tensor": name}
+    if isinstance(obj, tuple):
+        return {"$tuple": [_encode(v, tensors) for v in obj]}
+    if isinstance(obj, list):
+        return [_encode(v, tensors) for v in obj]
+    if isinstance(obj, dict):
+        if all(isinstance(k, str) and not k.startswith("$") for k in obj):
+            return {k: _encode(v, tensors) for k, v in obj.items()}
+        return {"$items": [[_encode(k, tensors), _encode(v, tensors)] for k, v in obj.items()]}
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    raise TypeError(f"checkpoint state: a {type(obj).__name__} cannot be saved without pickle")
+
+
+def read_state(folder: Path) -> dict[str, Any]:
+    """The state saved beside a checkpoint's weights. A pickled state.pt (an older unirl-kit) is refused,
+    never unpickled: unpickling runs whatever code the file names."""
+    folder = Path(folder)
+    if not (folder / STATE_JSON).is_file():
+        if (folder / PICKLED_STATE).is_file():
+            raise InputError(f"{folder / PICKLED_STATE}: a pickled checkpoint state (older unirl-kit), not loaded "
+                             "because unpickling can run code; if you trust where it came from, convert it: "
+                             f"python -m unirl_kit.checkpoint convert {folder.parent} --trust-pickle")
+        raise InputError(f"{folder}: no {STATE_JSON}; not a whole unirl-kit checkpoint")
+    try:
+        tree = json.loads((folder / STATE_JSON).read_text(encoding="utf-8"))
+        tensors = load_file(folder / STATE_TENSORS)
+        return _decode(tree, tensors, folder)
+    except InputError:
+        raise
+    except (OSError, ValueError, TypeError, KeyError, RecursionError, SafetensorError) as exc:
+        raise InputError(f"{folder}: unreadable checkpoint state ({type(exc).__name__}: "
+                         f"{str(exc).splitlines()[0] if str(exc) else 'no detail'})") from None
+
+
+def _decode(tree: Any, tensors: dict[str, torch.Tensor], folder: Path) -> Any:
+    """`_encode` undone: tagged nodes become tensors, arrays, tuples and non-string-keyed dicts again."""
+    if isinstance(tree, list):
+        return [_decode(v, tensors, folder) for v in tree]
+    if not isinstance(tree, dict):
+        return tree
+    tag = next(iter(tree), None)
+    if len(tree) != 1 or tag not in _TAGS:
+        return {k: _decode(v, tensors, folder) for k, v in tree.items()}
+    value = tree[tag]
+    if tag == "$tuple":
+        return tuple(_decode(v, tensors, folder) for v in value)
+    if tag == "$items":
+        return {_decode(k, tensors, folder): _decode(v, tensors, folder) for k, v in value}
+    if value not in tensors:
+        raise InputError(f"{folder / STATE_JSON}: names tensor {value!r}, which {STATE_TENSORS} lacks")
+    return tensors[value].numpy() if tag == "$ndarray" else tensors[value]
+
+
+def convert_pickled(root: Path) -> list[Path]:
+    """Rewrite each step-N/state.pt under `root` (a checkpoints folder, or one step-N folder) as
+    state.safetensors + state.json and delete the pickle. It unpickles: only for files you trust."""
+    root = Path(root)
+    folders = [root] if (root / PICKLED_STATE).is_file() else [root / f"step-{s:07d}" for s in sorted(_steps(root))]
+    done = []
+    for folder in folders:
+        if (folder / PICKLED_STATE).is_file():
+            save_state(folder, torch.load(folder / PICKLED_STATE, map_location="cpu", weights_only=False))
+            (folder / PICKLED_STATE).unlink()
+            done.append(folder)
+    return done
 
 
 def _untie(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -61,7 +161,33 @@ def latest_checkpoint(root: Path) -> Path | None:
 
 def load_checkpoint(path: Path, model: torch.nn.Module) -> dict[str, Any]:
     """Load weights into `model` (strict) and return the saved state (optimizer, step, ...)."""
+    state = read_state(path)
     model.load_state_dict(load_file(Path(path) / "model.safetensors"), strict=True)
-    state = torch.load(Path(path) / "state.pt", weights_only=True)
     torch.set_rng_state(state["torch_rng"])
     return state
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m unirl_kit.checkpoint convert DIR --trust-pickle`: the one way to keep an old pickled state."""
+    parser = argparse.ArgumentParser(prog="python -m unirl_kit.checkpoint",
+                                     description="Rewrite pickled checkpoint states (state.pt) as safetensors + JSON.")
+    parser.add_argument("action", choices=["convert"])
+    parser.add_argument("folder", type=Path, help="a checkpoints folder (e.g. run.out/checkpoints) or one step-N folder")
+    parser.add_argument("--trust-pickle", action="store_true",
+                        help="required: unpickling runs any code the file names, so only for files you trust")
+    args = parser.parse_args(argv)
+    if not args.trust_pickle:
+        print(f"{args.folder}: converting unpickles state.pt, which can run code; pass --trust-pickle if you "
+              "trust where it came from", file=sys.stderr)
+        return 2
+    done = convert_pickled(args.folder)
+    if not done:
+        print(f"{args.folder}: no {PICKLED_STATE} to convert", file=sys.stderr)
+        return 2
+    for folder in done:
+        print(f"{folder}: {PICKLED_STATE} -> {STATE_TENSORS} + {STATE_JSON}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -251,8 +251,68 @@ def write_run_info(out_dir: Path, config: Any, command: str, prefix: str = "") -
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    resolved = {"command": command, **to_dict(config)}
+    resolved = run_settings(config, command)
     from unirl_kit.jsonl import write_atomic  # other ranks may be reading config.yaml right now
 
     write_atomic(out_dir / f"{prefix}config.yaml", yaml.safe_dump(resolved, sort_keys=False))
     write_atomic(out_dir / f"{prefix}versions.json", json.dumps(library_versions(), indent=2) + "\n")
+
+
+def run_settings(config: Any, command: str) -> dict[str, Any]:
+    """What a run's config.yaml holds: the command and every resolved setting."""
+    return {"command": command, **to_dict(config)}
+
+
+# The settings a resume may change (`unirl train grpo|sft --resume`, a rerun of `unirl loop`), in one
+# place: how long a run goes, where its folder now is, how it shows progress and how often it logs or
+# checkpoints, and memory layouts that compute the same run (FSDP, gradient checkpointing, micro-batches:
+# equal up to float rounding). Every other setting defines the run and must equal its config.yaml.
+RESUME_MAY_CHANGE: dict[str, tuple[str, ...]] = {
+    "train": ("run.out", "run.steps", "run.checkpoint_every", "run.keep_checkpoints", "run.log_every",
+              "run.progress", "run.tensorboard", "backbone.device", "backbone.fsdp",
+              "backbone.gradient_checkpointing", "optim.micro_batch"),
+    "loop": ("out", "rounds", "progress", "batch_size", "backbone.device"),
+}
+
+
+def check_same_run(out_dir: Path, config: Any, command: str, unresolved: tuple[str, ...] = ()) -> None:
+    """Refuse to continue the run in `out_dir` with run-defining settings other than its config.yaml's
+    (its results would mix two runs and config.yaml would name settings that never ran); the error names
+    every differing key. `unresolved` keys are not known yet (the caller checks again once they are)."""
+    saved_path = Path(out_dir) / "config.yaml"
+    if not saved_path.is_file():
+        return
+    saved = _flat(read_yaml(saved_path))
+    now = _flat(yaml.safe_load(yaml.safe_dump(run_settings(config, command), sort_keys=False)))  # as saved
+    allowed = (*RESUME_MAY_CHANGE[command.split()[0]], *unresolved)
+    missing = object()
+    changed = [k for k in sorted(saved.keys() | now.keys())
+               if saved.get(k, missing) != now.get(k, missing) and not _under(k, allowed)]
+    if changed:
+        shown = "; ".join(f"{k}: {_short(saved.get(k, '(absent)'))} -> {_short(now.get(k, '(absent)'))}"
+                          for k in changed)
+        raise InputError(f"{out_dir}: holds a run made with other settings ({shown}); resume with the settings "
+                         f"of {saved_path}, or use another output folder")
+
+
+def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested mappings as dotted keys (`optim.lr`), so a difference is named by the key a user types."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):  # an empty one adds no key: {} and {a: 1} differ by `a` alone
+            out.update(_flat(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
+def _under(key: str, prefixes: tuple[str, ...]) -> bool:
+    """`key` is one of `prefixes` or inside one of them."""
+    return any(key == p or key.startswith(p + ".") for p in prefixes)
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    """A value's repr cut to `limit` characters: the error stays one readable line."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."

@@ -54,14 +54,12 @@ def render(
 
 @user_errors
 def _render(prompts_file, images_per_prompt, out, seed, size, error, config, overrides) -> None:
-    from unirl_kit.config import write_run_info
     from unirl_kit.worlds.shapes.dataset import RenderConfig, run_render
 
     prompts_file, overrides = split_positional(prompts_file, overrides)
     cfg = resolve(RenderConfig, config, dict(prompts=prompts_file, images_per_prompt=images_per_prompt,
                                              out=out and str(out), seed=seed, size=size, error=error), overrides)
     drawn = run_render(cfg)
-    write_run_info(Path(cfg.out), cfg, "render")
     typer.echo(f"drew {drawn} images into {cfg.out}")
 
 

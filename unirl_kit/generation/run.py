@@ -17,6 +17,7 @@ from unirl_kit.config import to_dict, write_run_info
 from unirl_kit.distributed import rank_and_world
 from unirl_kit.eval.geneval.layout import write_prompt_folder
 from unirl_kit.generation.prompts import read_prompt_file
+from unirl_kit.locking import holds_output_locks, lock_output
 from unirl_kit.registry import registry
 from unirl_kit.types import InputError
 
@@ -76,6 +77,7 @@ def build_backbone(cfg: GenerateConfig) -> Any:
     return load_backbone(cfg.backbone, cfg.model, cfg.device, cfg.dtype, cfg.backbone_options)
 
 
+@holds_output_locks
 def run_generate(cfg: GenerateConfig, backbone: Any = None) -> dict[str, Any]:
     """Generate every unfinished prompt of this rank; returns counts and throughput."""
     _check(cfg)
@@ -94,6 +96,7 @@ def run_generate(cfg: GenerateConfig, backbone: Any = None) -> dict[str, Any]:
     except InputError as exc:
         raise InputError(f"{cfg.prompts}: {exc}") from None
     rank, world = rank_and_world()
+    lock_output(out)
     if rank == 0:
         write_run_info(out, cfg, "generate")
     mine = list(range(rank, len(metas), world))

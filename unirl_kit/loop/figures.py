@@ -162,7 +162,8 @@ def _prompt_text(prompt_dir: Path) -> str:
 def _grid_columns(loop_dir: Path, folders: Sequence[str]) -> list[tuple[str, list[Any]]]:
     """The first prompts with a grid.png in the first folder that has samples, each with its grid per
     folder (None: absent)."""
-    from PIL import Image
+    from unirl_kit.images import open_image
+    from unirl_kit.types import InputError
 
     samples = [loop_dir / f / "samples" for f in folders]
     first = next((s for s in samples if s.is_dir()), None)
@@ -175,9 +176,8 @@ def _grid_columns(loop_dir: Path, folders: Sequence[str]) -> list[tuple[str, lis
         images = []
         for s in samples:
             try:
-                with Image.open(s / name / "grid.png") as im:
-                    images.append(im.convert("RGB"))
-            except OSError:
+                images.append(open_image(s / name / "grid.png", mode="RGB"))
+            except InputError:  # absent, unreadable or oversized: the figure shows a gap
                 images.append(None)
         columns.append((_prompt_text(first / name), images))
     return columns

@@ -13,8 +13,9 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from unirl_kit.config import load_config, write_run_info
+from unirl_kit.config import check_same_run, load_config, write_run_info
 from unirl_kit.jsonl import write_atomic
+from unirl_kit.locking import holds_output_locks, lock_output
 from unirl_kit.loop.config import LoopConfig, check_loop
 from unirl_kit.types import InputError
 
@@ -147,10 +148,13 @@ def train(cfg: LoopConfig, folder: Path, train_prompts: Path, model: str | None,
     return summary
 
 
+@holds_output_locks
 def run_loop(cfg: LoopConfig) -> dict[str, Any]:
     check_loop(cfg)
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    lock_output(out)
+    if (out / "prompts").exists() or any(out.glob("round-*")):  # a rerun continues the same loop or none
+        check_same_run(out, cfg, "loop")
     write_run_info(out, cfg, "loop")
     train_prompts, eval_prompts = make_prompts(cfg, out)
     t0 = time.perf_counter()

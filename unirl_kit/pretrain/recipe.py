@@ -16,6 +16,7 @@ from pathlib import Path
 
 from unirl_kit.config import write_run_info
 from unirl_kit.jsonl import write_atomic
+from unirl_kit.locking import holds_output_locks, lock_output
 from unirl_kit.pretrain.language_model import LanguageModelConfig
 from unirl_kit.pretrain.tokenizer import TokenizerConfig
 from unirl_kit.pretrain.vision import VisionConfig
@@ -43,11 +44,13 @@ class PretrainConfig:
     guidance_scale: float | None = None  # the export's generation_config.json: the CFG it samples with by default
 
 
+@holds_output_locks
 def run_pretrain(cfg: PretrainConfig) -> dict:
     unknown = [s for s in cfg.stages if s not in STAGES]
     if unknown:
         raise InputError(f"stages: unknown stage {unknown[0]!r}; expected some of {', '.join(STAGES)}")
     out = Path(cfg.out)
+    lock_output(out)
     write_run_info(out, cfg, "pretrain")
     report: dict = {}
     tok_dir = out / "tokenizer"

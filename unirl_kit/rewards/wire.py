@@ -23,6 +23,8 @@ from unirl_kit.rewards.base import RewardError, RewardOutput, Sample
 from unirl_kit.types import InputError
 
 WIRE_VERSION = 1
+_FORMAT_DEPTH = 7  # request > samples > sample > spec > include > requirement > position
+MAX_JSON_DEPTH = 32  # generous for metadata with nested extra keys, far below Python's recursion limit
 _SAMPLE_KEYS = {"spec", "image_png", "tokens", "prompt_index", "image_index", "path"}
 
 
@@ -42,6 +44,56 @@ def dumps(payload: Any) -> bytes:
     return json.dumps(payload, default=_jsonable, separators=(",", ":")).encode("utf-8")
 
 
+def _bounded_int(text: str) -> int:
+    """json's parse_int: 64-bit integers only (a token id or an index never needs more; a
+    100,000-digit number costs quadratic time and fails in Python's int conversion)."""
+    if len(text.lstrip("-")) <= 19:
+        value = int(text)
+        if -2**63 <= value < 2**63:
+            return value
+    raise ValueError(f"integer {text[:24]}{'...' if len(text) > 24 else ''} ({len(text)} characters) "
+                     "is outside the 64-bit range")
+
+
+def _finite_float(text: str) -> float:
+    """json's parse_float: 1e999 would become inf, which no field of the format may hold."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text[:24]} is out of range")
+    return value
+
+
+def _no_constant(name: str) -> Any:
+    """json's parse_constant: NaN and Infinity are not JSON (Python accepts them by default)."""
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _too_deep(obj: dict | list, limit: int) -> bool:
+    """Whether arrays/objects nest deeper than `limit` (iterative: no recursion on hostile input)."""
+    stack = [(obj, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            return True
+        children = node.values() if isinstance(node, dict) else node
+        stack.extend((c, depth + 1) for c in children if isinstance(c, dict | list))
+    return False
+
+
+def loads(body: bytes | bytearray, max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """A request body -> JSON, or one InputError: malformed, non-UTF-8, nested deeper than
+    `max_depth` (the format needs 7 levels), integers beyond 64 bits, NaN/Infinity."""
+    try:
+        payload = json.loads(body, parse_int=_bounded_int, parse_float=_finite_float, parse_constant=_no_constant)
+    except RecursionError:
+        raise InputError(f"request: JSON nested too deeply (the format needs {_FORMAT_DEPTH} levels)") from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, the hooks' refusals
+        raise InputError(f"request: malformed JSON ({exc})") from None
+    if isinstance(payload, dict | list) and _too_deep(payload, max_depth):
+        raise InputError(f"request: JSON nested deeper than {max_depth} levels (the format needs {_FORMAT_DEPTH})")
+    return payload
+
+
 def encode_image(image: Any) -> str:
     """A PIL image as base64 PNG (lossless, so the remote reward sees the very same pixels)."""
     buf = io.BytesIO()
@@ -50,7 +102,8 @@ def encode_image(image: Any) -> str:
 
 
 def decode_image(text: Any, where: str) -> Any:
-    from PIL import Image, UnidentifiedImageError
+    """A base64 PNG -> PIL image in its own mode (the pixels as sent), held to the image pixel limit."""
+    from unirl_kit.images import open_image
 
     if not isinstance(text, str):
         raise InputError(f"{where}: expected a base64 PNG string, got {type(text).__name__}")
@@ -58,14 +111,7 @@ def decode_image(text: Any, where: str) -> Any:
         data = base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
         raise InputError(f"{where}: not valid base64") from None
-    try:
-        image = Image.open(io.BytesIO(data))
-        image.load()
-    except (UnidentifiedImageError, OSError) as exc:
-        raise InputError(f"{where}: not a readable PNG ({exc})") from None
-    if image.format != "PNG":
-        raise InputError(f"{where}: expected a PNG, got {image.format}")
-    return image
+    return open_image(data, where, png_only=True)
 
 
 def _encode_tokens(tokens: Any) -> list[int] | None:
@@ -128,8 +174,12 @@ def _decode_sample(row: Any, where: str) -> Sample:
                   image_index=_int_field(row, "image_index", where), path=path)
 
 
-def decode_samples(payload: Any) -> tuple[str, list[Sample]]:
-    """A request -> (reward name, samples); InputError naming the field when malformed."""
+def decode_samples(payload: Any, max_total_pixels: int | None = None) -> tuple[str, list[Sample]]:
+    """A request -> (reward name, samples); InputError naming the field when malformed.
+
+    max_total_pixels bounds the decoded images of one request together (a 32 MiB body of flat PNGs
+    could otherwise hold hundreds of images at the per-image limit); checked after each image, so
+    at most one image beyond it is ever decoded."""
     if not isinstance(payload, dict):
         raise InputError(f"request: expected a JSON object, got {type(payload).__name__}")
     version = payload.get("version")
@@ -142,7 +192,14 @@ def decode_samples(payload: Any) -> tuple[str, list[Sample]]:
     rows = payload.get("samples")
     if not isinstance(rows, list):
         raise InputError(f"request.samples: expected a list, got {type(rows).__name__}")
-    return reward, [_decode_sample(row, f"request.samples[{i}]") for i, row in enumerate(rows)]
+    samples, pixels = [], 0
+    for i, row in enumerate(rows):
+        samples.append(_decode_sample(row, f"request.samples[{i}]"))
+        pixels += samples[-1].image.width * samples[-1].image.height
+        if max_total_pixels is not None and pixels > max_total_pixels:
+            raise InputError(f"request.samples[{i}]: the request's images pass {max_total_pixels:,} pixels "
+                             "together; send fewer samples per request (remote.batch_size)")
+    return reward, samples
 
 
 def encode_output(out: RewardOutput) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from unirl_kit.config import to_dict, write_run_info
 from unirl_kit.distributed import rank_and_world, wait_for_files
 from unirl_kit.eval.geneval.layout import ImageItem, load_image, scan_images
 from unirl_kit.jsonl import ResumableJsonl, write_atomic
+from unirl_kit.locking import holds_output_locks, lock_output
 from unirl_kit.registry import registry
 from unirl_kit.rewards.base import ComposedReward, RewardError, Sample, build_rewards, parse_reward_spec
 from unirl_kit.scoring import summary as summ
@@ -187,6 +188,7 @@ def _score(items: Sequence[ImageItem], store: ResumableJsonl, composed: Composed
             bar.update(task, completed=done, rate=done / max(time.perf_counter() - t0, 1e-9))
 
 
+@holds_output_locks
 def run_score(cfg: ScoreConfig, backbone: Any = None) -> dict[str, Any]:
     """Score what is missing, merge the ranks' parts, summarise; returns the summary ({} on ranks > 0)."""
     weights = [parse_reward_spec(s) for s in cfg.rewards]
@@ -201,7 +203,7 @@ def run_score(cfg: ScoreConfig, backbone: Any = None) -> dict[str, Any]:
         backbone = build_backbone(cfg)
     composed = build_rewards(cfg.rewards, cfg.reward_options, backbone if needs_backbone else None)
     rank, world = rank_and_world()
-    out.parent.mkdir(parents=True, exist_ok=True)
+    lock_output(out.parent, prefix=f"{out.stem}.")
     if rank == 0:
         write_run_info(out.parent, cfg, "score", prefix=f"{out.stem}.")
         write_atomic(sibling(out, ".rewards.json"), json.dumps(fp, indent=2) + "\n")

@@ -12,7 +12,9 @@ from typing import Any
 import torch
 
 from unirl_kit.backbones.base import resolve_cfg_scale
-from unirl_kit.config import write_run_info
+from unirl_kit.checkpoint import latest_checkpoint
+from unirl_kit.config import check_same_run, write_run_info
+from unirl_kit.locking import holds_output_locks, lock_output
 from unirl_kit.training.common import (
     MetricsLog,
     Policy,
@@ -26,6 +28,7 @@ from unirl_kit.training.state import load_train_state, save_train_state
 from unirl_kit.types import InputError
 
 
+@holds_output_locks
 def run_job(cfg: Any, resume: bool, *, check: Callable[[Any, int], None], stamp: dict[str, str],
             wants_rewards: bool, keep_reference: bool, train_step: Callable[..., dict[str, Any]],
             load_pool: Callable[[Any], list] | None = None) -> dict[str, Any]:
@@ -34,7 +37,8 @@ def run_job(cfg: Any, resume: bool, *, check: Callable[[Any, int], None], stamp:
     `pool` is the prompt file's prompts, or what `load_pool(cfg)` returns (SFT distill: the kept images).
 
     `stamp` (e.g. {"config": "train sft", "mode": "und"}) is saved in every checkpoint; a resume whose
-    checkpoints carry another stamp is refused. Rewards are built only when `wants_rewards`.
+    checkpoints carry another stamp, or whose settings differ from the run's config.yaml beyond what
+    `RESUME_MAY_CHANGE` allows (unirl_kit/config.py), is refused. Rewards are built only when `wants_rewards`.
     """
     rank, world = init_processes()
     check(cfg, world)
@@ -49,9 +53,16 @@ def run_job(cfg: Any, resume: bool, *, check: Callable[[Any, int], None], stamp:
         for spec in cfg.rewards:  # unknown names fail here, before the model loads
             registry("rewards").get(parse_reward_spec(spec)[0])
     out = check_out(cfg.run, resume)
+    lock_output(out)
+    resuming = resume and latest_checkpoint(out / "checkpoints") is not None
+    unresolved = ("sampling.cfg_scale",) if cfg.sampling.cfg_scale is None else ()
+    if resuming:  # the same run or none, before the model loads
+        check_same_run(out, cfg, stamp["config"], unresolved)
     torch.manual_seed(cfg.run.seed)
     policy = build_policy(cfg.backbone, cfg.lora, keep_reference=keep_reference, world=world)
     cfg.sampling.cfg_scale = resolve_cfg_scale(policy.backbone, cfg.sampling.cfg_scale)  # saved resolved
+    if resuming and unresolved:
+        check_same_run(out, cfg, stamp["config"])
     reward = build_rewards(cfg.rewards, cfg.reward_options, policy.backbone) if wants_rewards else None
     optimizer = build_optimizer(policy.params, cfg.optim)
     state = load_train_state(out / "checkpoints", policy.model, optimizer) if resume else None
@@ -60,6 +71,9 @@ def run_job(cfg: Any, resume: bool, *, check: Callable[[Any, int], None], stamp:
         raise InputError(f"{out}/checkpoints were written by {found}, not {stamp}; resume with the same settings "
                          "or use a new run.out")
     start = int(state["step"]) if state else 0
+    if start > cfg.run.steps:  # config.yaml would claim a shorter run than the weights had
+        raise InputError(f"run.steps={cfg.run.steps}: {out}/checkpoints already reached step {start}; a resume "
+                         f"extends a run, so give run.steps >= {start}")
     if rank == 0:
         write_run_info(out, cfg, stamp["config"])
     log = MetricsLog(out, start, cfg.run.tensorboard) if rank == 0 else None

@@ -1,5 +1,6 @@
 """Trainer checkpoints: weights (full model or LoRA adapter) in safetensors, optimizer, RNG and step
-beside them, written atomically (see unirl_kit.checkpoint), so `--resume` continues exactly."""
+beside them (safetensors + JSON, never a pickle), written atomically (see unirl_kit.checkpoint), so
+`--resume` continues exactly."""
 
 from __future__ import annotations
 
@@ -11,11 +12,12 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
-from unirl_kit.checkpoint import latest_checkpoint, save_checkpoint
+from unirl_kit.checkpoint import latest_checkpoint, read_state, save_checkpoint
 from unirl_kit.types import InputError
 
 
 def rng_state() -> dict[str, Any]:
+    """Every generator training draws from (tuples, arrays and tensors: what `save_state` keeps exactly)."""
     state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
@@ -23,6 +25,7 @@ def rng_state() -> dict[str, Any]:
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
+    """Put back what `rng_state` saved, so a resumed run draws what the uninterrupted one would have."""
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
@@ -32,7 +35,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 def save_train_state(root: Path, step: int, weights: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer,
                      extra: dict[str, Any], keep: int, optimizer_state: dict[str, Any] | None = None) -> Path:
-    """root/step-N/{model.safetensors, state.pt}; `weights` are what training changes. `optimizer_state`
+    """root/step-N/{model.safetensors, state.safetensors, state.json}; `weights` are what training changes. `optimizer_state`
     replaces `optimizer.state_dict()` when given (FSDP: the shards gathered whole, the same layout)."""
     optim = optimizer.state_dict() if optimizer_state is None else optimizer_state
     state = {"optimizer": optim, "rng": rng_state(), "weight_keys": sorted(weights), **extra}
@@ -47,6 +50,7 @@ def load_train_state(root: Path, model: torch.nn.Module, optimizer: torch.optim.
     ckpt = latest_checkpoint(root)
     if ckpt is None:
         return None
+    state = read_state(ckpt)  # first: a refused state.pt fails before the model is touched
     weights = load_file(ckpt / "model.safetensors")
     params = dict(model.named_parameters())
     unknown = [k for k in weights if k not in params]
@@ -54,7 +58,6 @@ def load_train_state(root: Path, model: torch.nn.Module, optimizer: torch.optim.
         raise InputError(f"{ckpt}: weights {unknown[:3]} are not in this model; was it written by another "
                          "config (lora.enabled, backbone)? use a new run.out")
     fsdp.load_weights(model, weights)
-    state = torch.load(ckpt / "state.pt", weights_only=False)
     if fsdp.is_sharded(model):
         fsdp.load_optimizer_state(optimizer, state["optimizer"])
     else:

@@ -7,8 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 
+from unirl_kit.images import open_image
 from unirl_kit.prompts.schema import parse_spec, read_jsonl
 from unirl_kit.types import InputError, PromptSpec
 
@@ -56,15 +57,8 @@ def scan_images(images_dir: Path) -> list[ImageItem]:
 
 
 def load_image(images_dir: Path, rel: str) -> Image.Image:
-    """The RGB image, EXIF-transposed as the reference does; a clear error for a bad file."""
-    path = Path(images_dir) / rel
-    try:
-        with Image.open(path) as img:
-            if img.format != "PNG":
-                raise InputError(f"{path}: is {img.format}, not PNG; save samples as PNG")
-            return ImageOps.exif_transpose(img).convert("RGB")
-    except (UnidentifiedImageError, OSError) as exc:
-        raise InputError(f"{path}: unreadable image ({exc.__class__.__name__}); regenerate or remove it") from None
+    """The RGB image, EXIF-transposed as the reference does; a clear error for a bad or oversized file."""
+    return open_image(Path(images_dir) / rel, mode="RGB", png_only=True, transpose=True)
 
 
 def prompt_folder(out: Path, index: int) -> Path:

@@ -14,6 +14,7 @@ from unirl_kit.eval.geneval import summary as summ
 from unirl_kit.eval.geneval.layout import ImageItem, load_image, scan_images
 from unirl_kit.eval.geneval.rules import RuleOptions, evaluate, keep_detections
 from unirl_kit.jsonl import ResumableJsonl, write_atomic
+from unirl_kit.locking import holds_output_locks, lock_output
 from unirl_kit.registry import registry
 from unirl_kit.types import InputError, PromptSpec, Verdict
 
@@ -128,6 +129,7 @@ def _score(items: list[ImageItem], store: ResumableJsonl, detector: Any, colors:
             bar.advance(task, len(batch))
 
 
+@holds_output_locks
 def run_geneval(cfg: GenevalConfig) -> dict[str, Any]:
     """Score what is missing, merge, summarise; returns the summary."""
     if not cfg.images_dir or not cfg.out:
@@ -142,7 +144,7 @@ def run_geneval(cfg: GenevalConfig) -> dict[str, Any]:
         detector.check_filenames([it.rel for it in items])
     rank, world = rank_and_world()
     _check_same_run(out, cfg)  # every rank, before anything is written
-    out.mkdir(parents=True, exist_ok=True)
+    lock_output(out)
     if rank == 0:
         write_run_info(out, cfg, "eval geneval")
     key = lambda row: row["filename"]  # noqa: E731

@@ -20,6 +20,7 @@ from unirl_kit.config import to_dict, write_run_info
 from unirl_kit.eval.understanding.common import results_path
 from unirl_kit.eval.understanding.protocols import Context, plan
 from unirl_kit.jsonl import write_atomic
+from unirl_kit.locking import holds_output_locks, lock_output
 from unirl_kit.types import InputError
 
 
@@ -150,6 +151,7 @@ def build_backbone(cfg: UnderstandingConfig) -> Any:
     return load_backbone(cfg.backbone, cfg.model, cfg.device, cfg.dtype, cfg.backbone_options)
 
 
+@holds_output_locks
 def run_understanding(cfg: UnderstandingConfig, backbone: Any = None) -> dict[str, Any]:
     """Run what is not finished yet, then write the summary over every requested protocol."""
     _check(cfg)
@@ -158,6 +160,7 @@ def run_understanding(cfg: UnderstandingConfig, backbone: Any = None) -> dict[st
     stamp = model_stamp(cfg, backbone)
     fps = {name: fingerprint(cfg, name, stamp) for name in tasks}
     results = {name: _finished(out, name, fps[name]) for name in tasks}
+    lock_output(out)
     write_run_info(out, cfg, "eval understanding")
     todo = [name for name in tasks if results[name] is None]
     bar, start = _progress(cfg.progress)

@@ -69,13 +69,10 @@ def score_answer(answer: str, accepted: Sequence[str]) -> tuple[bool, float]:
 
 
 def _load(path: Path) -> Any:
-    from PIL import Image, ImageOps, UnidentifiedImageError
+    """The RGB image, EXIF-transposed; any format PIL reads (VQA sets ship JPEGs)."""
+    from unirl_kit.images import open_image
 
-    try:
-        with Image.open(path) as img:
-            return ImageOps.exif_transpose(img).convert("RGB")
-    except (UnidentifiedImageError, OSError) as exc:
-        raise InputError(f"{path}: unreadable image ({exc.__class__.__name__})") from None
+    return open_image(path, mode="RGB", transpose=True)
 
 
 def run_vqa(answer: Callable[[Sequence[Any], list[str]], list[str]], items: Sequence[VqaItem]) -> dict[str, Any]:

@@ -8,7 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
+from unirl_kit.config import write_run_info
 from unirl_kit.eval.geneval.layout import image_rel, save_png_atomic, write_prompt_folder
+from unirl_kit.locking import holds_output_locks, lock_output
 from unirl_kit.prompts.schema import read_prompts
 from unirl_kit.types import InputError, PromptSpec
 from unirl_kit.worlds.shapes.render import check_in_world, error_applies, render_scene
@@ -54,8 +56,12 @@ def render_prompt_set(specs: list[PromptSpec], out: Path, images_per_prompt: int
     return drawn
 
 
+@holds_output_locks
 def run_render(cfg: RenderConfig) -> int:
     if not cfg.prompts or not cfg.out:
         raise InputError("render needs PROMPTS.jsonl and --out DIR")
-    return render_prompt_set(read_prompts(Path(cfg.prompts)), Path(cfg.out), cfg.images_per_prompt,
-                             cfg.seed, cfg.size, cfg.error)
+    specs = read_prompts(Path(cfg.prompts))
+    lock_output(Path(cfg.out))
+    drawn = render_prompt_set(specs, Path(cfg.out), cfg.images_per_prompt, cfg.seed, cfg.size, cfg.error)
+    write_run_info(Path(cfg.out), cfg, "render")
+    return drawn

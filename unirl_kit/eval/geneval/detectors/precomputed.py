@@ -2,7 +2,8 @@
 
 One line per image: {"filename": "<path relative to IMAGES_DIR>", "detections": [{"class": str,
 "box": [x1, y1, x2, y2], "score": float, "color": str?, "mask": <RLE or PNG path>?}]}. RLE is COCO's,
-compressed string or uncompressed list, column-major; a PNG path is relative to the detections file.
+compressed string or uncompressed list, column-major; a PNG path is relative to the detections file
+and must stay inside its folder.
 """
 
 from __future__ import annotations
@@ -14,13 +15,16 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from unirl_kit.images import check_pixels, open_image
 from unirl_kit.prompts.schema import read_jsonl
 from unirl_kit.types import Detection, InputError
 
 
-def decode_rle(rle: dict[str, Any]) -> np.ndarray:
-    """COCO RLE ({"size": [h, w], "counts": str | list[int]}) -> HxW bool mask."""
+def decode_rle(rle: dict[str, Any], where: str = "RLE mask") -> np.ndarray:
+    """COCO RLE ({"size": [h, w], "counts": str | list[int]}) -> HxW bool mask; the size is held to
+    the image pixel limit before the mask is allocated (a short line can claim any size)."""
     h, w = (int(v) for v in rle["size"])
+    check_pixels(w, h, where)
     counts = rle["counts"]
     if isinstance(counts, str):
         counts = _counts_from_string(counts)
@@ -56,6 +60,22 @@ def _counts_from_string(s: str) -> list[int]:
     return counts
 
 
+def _mask_path(base: Path, mask: str, where: str) -> Path:
+    """The mask PNG's path, which must resolve (symlinks and '..' followed) inside the detections
+    file's folder: a file handed to us must not make us read elsewhere on the machine."""
+    root = base.resolve()
+    try:
+        path = (root / mask).resolve()
+    except (OSError, ValueError, RuntimeError) as exc:  # a NUL byte, a symlink loop
+        raise InputError(f"{where}: bad mask path {mask!r} ({exc})") from None
+    if not path.is_relative_to(root):
+        raise InputError(f"{where}: mask path {mask!r} resolves to {path}, outside the detections file's folder "
+                         f"{root}; keep mask PNGs in that folder or below it")
+    if not path.is_file():
+        raise InputError(f"{where}: mask PNG {path} not found")
+    return path
+
+
 def _parse_detection(obj: Any, where: str, base: Path) -> Detection:
     if not isinstance(obj, dict):
         raise InputError(f"{where}: expected a detection object, got {obj!r}")
@@ -68,13 +88,13 @@ def _parse_detection(obj: Any, where: str, base: Path) -> Detection:
         raise InputError(f"{where}: 'score' must be a number, got {score!r}")
     mask = obj.get("mask")
     if isinstance(mask, str):
-        path = base / mask
-        if not path.is_file():
-            raise InputError(f"{where}: mask PNG {path} not found")
-        mask = np.asarray(Image.open(path).convert("L")) > 127
+        path = _mask_path(base, mask, where)
+        mask = np.asarray(open_image(path, f"{where}: mask PNG {path}", mode="L")) > 127
     elif isinstance(mask, dict):
         try:
-            mask = decode_rle(mask)
+            mask = decode_rle(mask, f"{where}: RLE mask")
+        except InputError:
+            raise
         except (KeyError, TypeError, ValueError) as exc:
             raise InputError(f"{where}: bad RLE mask ({exc})") from None
     elif mask is not None:
