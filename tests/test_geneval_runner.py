@@ -680,7 +680,7 @@ def test_other_rules_after_an_interrupted_sharded_run_are_refused(tmp_path):
     assert (out / "results.rank0.jsonl").is_file() and not (out / "results.jsonl").exists()
 
     bad.write_bytes(good_bytes)
-    (rc0, _, err0), _ = launch_ranks(images, out, "rules.max_objects=0")
+    (rc0, _, err0), _ = launch_ranks(images, out, "rules.max_objects=3")
     assert rc0 == 2, "rerun with other rules was accepted"
     assert "rules" in err0
 

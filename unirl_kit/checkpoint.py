@@ -1,7 +1,9 @@
 """Atomic, resumable checkpoints: weights in safetensors, optimizer/scheduler/RNG/step beside them.
 
 A checkpoint is a folder written under a temporary name and renamed into place, so a kill never
-leaves a torn checkpoint; `latest_checkpoint` only ever sees complete ones.
+leaves a torn checkpoint; `latest_checkpoint` only ever sees complete ones. One torn some other way
+(a half copy, a disk fault) is skipped by `latest_readable` with a warning: a resume falls back to the
+previous good checkpoint.
 
 Nothing is pickled: the state beside the weights is `state.safetensors` (its tensors and arrays) plus
 `state.json` (everything else, pointing at the tensors by name), because unpickling a file someone
@@ -16,6 +18,8 @@ import json
 import re
 import shutil
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +28,34 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from unirl_kit.types import InputError
+from unirl_kit.types import InputError, first_line
 
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 STATE_JSON, STATE_TENSORS, PICKLED_STATE = "state.json", "state.safetensors", "state.pt"
 _TAGS = ("$tensor", "$ndarray", "$tuple", "$items")  # a plain dict never has a key starting with "$"
+
+
+class UnreadableCheckpoint(InputError):
+    """A checkpoint that cannot be read whole (a torn copy, a disk fault, a file edited by hand): a
+    resume falls back past it to the previous good one."""
+
+
+@contextmanager
+def safetensors_errors(path: Path, fix: str, error: type[InputError] = InputError) -> Iterator[None]:
+    """Inside the block, a garbage, truncated or empty safetensors file (SafetensorError) or one that
+    cannot be opened becomes one `error` naming `path`; `fix` says what to do about it."""
+    try:
+        yield
+    except SafetensorError as exc:
+        raise error(f"{path}: not a readable safetensors file ({first_line(exc)}); {fix}") from None
+    except (FileNotFoundError, PermissionError, IsADirectoryError) as exc:
+        raise error(f"{path}: cannot be read ({exc.strerror}); {fix}") from None
+
+
+def read_tensors(path: Path, fix: str, error: type[InputError] = InputError) -> dict[str, torch.Tensor]:
+    """Every tensor of a safetensors file, or one `error` naming it (see `safetensors_errors`)."""
+    with safetensors_errors(path, fix, error):
+        return load_file(path)
 
 
 def save_checkpoint(root: Path, step: int, model: torch.nn.Module | dict[str, torch.Tensor], state: dict[str, Any],
@@ -85,14 +112,15 @@ def _encode(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
 
 def read_state(folder: Path) -> dict[str, Any]:
     """The state saved beside a checkpoint's weights. A pickled state.pt (an older unirl-kit) is refused,
-    never unpickled: unpickling runs whatever code the file names."""
+    never unpickled: unpickling runs whatever code the file names. A missing or unreadable state is an
+    `UnreadableCheckpoint`."""
     folder = Path(folder)
     if not (folder / STATE_JSON).is_file():
         if (folder / PICKLED_STATE).is_file():
             raise InputError(f"{folder / PICKLED_STATE}: a pickled checkpoint state (older unirl-kit), not loaded "
                              "because unpickling can run code; if you trust where it came from, convert it: "
                              f"python -m unirl_kit.checkpoint convert {folder.parent} --trust-pickle")
-        raise InputError(f"{folder}: no {STATE_JSON}; not a whole unirl-kit checkpoint")
+        raise UnreadableCheckpoint(f"{folder}: no {STATE_JSON}; not a whole unirl-kit checkpoint")
     try:
         tree = json.loads((folder / STATE_JSON).read_text(encoding="utf-8"))
         tensors = load_file(folder / STATE_TENSORS)
@@ -100,8 +128,8 @@ def read_state(folder: Path) -> dict[str, Any]:
     except InputError:
         raise
     except (OSError, ValueError, TypeError, KeyError, RecursionError, SafetensorError) as exc:
-        raise InputError(f"{folder}: unreadable checkpoint state ({type(exc).__name__}: "
-                         f"{str(exc).splitlines()[0] if str(exc) else 'no detail'})") from None
+        raise UnreadableCheckpoint(f"{folder}: unreadable checkpoint state ({type(exc).__name__}: "
+                                   f"{first_line(exc)})") from None
 
 
 def _decode(tree: Any, tensors: dict[str, torch.Tensor], folder: Path) -> Any:
@@ -119,7 +147,7 @@ def _decode(tree: Any, tensors: dict[str, torch.Tensor], folder: Path) -> Any:
     if tag == "$items":
         return {_decode(k, tensors, folder): _decode(v, tensors, folder) for k, v in value}
     if value not in tensors:
-        raise InputError(f"{folder / STATE_JSON}: names tensor {value!r}, which {STATE_TENSORS} lacks")
+        raise UnreadableCheckpoint(f"{folder / STATE_JSON}: names tensor {value!r}, which {STATE_TENSORS} lacks")
     return tensors[value].numpy() if tag == "$ndarray" else tensors[value]
 
 
@@ -159,12 +187,53 @@ def latest_checkpoint(root: Path) -> Path | None:
     return Path(root) / f"step-{max(steps):07d}" if steps else None
 
 
-def load_checkpoint(path: Path, model: torch.nn.Module) -> dict[str, Any]:
-    """Load weights into `model` (strict) and return the saved state (optimizer, step, ...)."""
-    state = read_state(path)
-    model.load_state_dict(load_file(Path(path) / "model.safetensors"), strict=True)
+def read_checkpoint(folder: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """(saved state, weights) of one checkpoint folder, read whole before anything is loaded anywhere."""
+    state = read_state(folder)  # first: a refused state.pt fails before the weights are read
+    weights = read_tensors(Path(folder) / "model.safetensors", "the checkpoint is torn", UnreadableCheckpoint)
+    return state, weights
+
+
+def latest_readable(root: Path) -> tuple[Path, dict[str, Any], dict[str, torch.Tensor]] | None:
+    """(folder, state, weights) of the newest checkpoint under `root` that reads whole; None if there is none.
+
+    Checkpoints are renamed into place whole, yet a copied or damaged folder can still be torn: then the
+    resume goes on from the previous good one (its later steps are trained again), with a warning line
+    per checkpoint skipped. When none reads, the error names the newest.
+    """
+    skipped: list[UnreadableCheckpoint] = []
+    for step in sorted(_steps(root), reverse=True):
+        folder = Path(root) / f"step-{step:07d}"
+        try:
+            state, weights = read_checkpoint(folder)
+        except UnreadableCheckpoint as exc:
+            skipped.append(exc)
+            continue
+        for exc in skipped:
+            print(f"warning: {exc}; resuming from the previous good checkpoint, {folder}", file=sys.stderr)
+        return folder, state, weights
+    if skipped:
+        raise InputError(f"{root}: no readable checkpoint to resume from (newest: {skipped[0]}); "
+                         "move the folder away to start over")
+    return None
+
+
+def _restore(model: torch.nn.Module, state: dict[str, Any], weights: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """Weights into `model` (strict) and the torch RNG as saved; returns the state."""
+    model.load_state_dict(weights, strict=True)
     torch.set_rng_state(state["torch_rng"])
     return state
+
+
+def load_checkpoint(path: Path, model: torch.nn.Module) -> dict[str, Any]:
+    """Load one checkpoint's weights into `model` (strict) and return its saved state (optimizer, step, ...)."""
+    return _restore(model, *read_checkpoint(path))
+
+
+def load_latest(root: Path, model: torch.nn.Module) -> dict[str, Any] | None:
+    """`load_checkpoint` of the newest readable checkpoint under `root` (see `latest_readable`); None if none."""
+    found = latest_readable(root)
+    return None if found is None else _restore(model, found[1], found[2])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,13 +9,14 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import json
+import math
 import platform
 import sys
 import types
 import typing
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Literal, TypeVar, Union
+from typing import Any, Literal, NamedTuple, TypeVar, Union
 
 import yaml
 
@@ -57,9 +58,11 @@ def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
 
 def read_yaml(path: Path) -> dict[str, Any]:
     try:
-        data = yaml.safe_load(Path(path).read_text())
-    except FileNotFoundError:
-        raise InputError(f"{path}: config file not found") from None
+        from unirl_kit.jsonl import read_text  # one reader: UTF-8 checked, BOM dropped, one-line errors
+
+        if not Path(path).exists():
+            raise InputError(f"{path}: config file not found")
+        data = yaml.safe_load(read_text(Path(path)))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f" line {mark.line + 1}" if mark is not None else ""
@@ -131,7 +134,10 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             return items if origin is list or tp is list else tuple(items)
     elif origin is dict or tp is dict:
         if isinstance(value, dict):
-            return dict(value)  # plugin options stay raw until the plugin's own annotations type them
+            args = typing.get_args(tp)
+            if not args:  # plugin options stay raw until the plugin's own annotations type them
+                return dict(value)
+            return {k: _coerce(v, args[1], f"{where}.{k}") for k, v in value.items()}  # e.g. shares per tag
     else:
         raise TypeError(f"config type {tp!r} at {where} is not supported")
     raise InputError(f"{where}: expected {_type_name(tp)}, got {value!r}")
@@ -199,6 +205,125 @@ def _nest(key: str, value: Any) -> dict[str, Any]:
     return node
 
 
+class Range(NamedTuple):
+    """The values a numeric setting may take: bounds (None: unbounded), inclusive unless marked open, and
+    what a boundary value means where that is not obvious (`why`, shown in the error)."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    why: str = ""
+
+
+COUNT = Range(1)
+NON_NEGATIVE = Range(0)
+POSITIVE = Range(0, low_open=True)
+SHARE = Range(0, 1)
+SEED = Range(0, 2**32 - 1, why="an unsigned 32-bit integer")
+GUIDANCE = Range(0, why="1 = no guidance")
+
+# Every numeric setting of every command's config, by field name (any config that has it) or by
+# `Class.field` (that config only; it wins over the plain name). check_ranges holds a resolved config to
+# it before any work, so a bad count or probability is one line naming the key, not a traceback (or a
+# silent misbehaviour, as temperature -1 sampling greedily) minutes later. Every float is also finite.
+RANGES: dict[str, Range] = {
+    "seed": SEED, "train_seed": SEED, "eval_seed": SEED,
+    "steps": COUNT, "batch_size": COUNT, "group_size": COUNT, "prompts_per_step": COUNT, "micro_batch": COUNT,
+    "checkpoint_every": COUNT, "log_every": COUNT, "max_new_tokens": COUNT, "per_tag": COUNT,
+    "lr": POSITIVE, "weight_decay": NON_NEGATIVE, "warmup_steps": NON_NEGATIVE,
+    "grad_clip": Range(0, why="0 = no clipping"), "gen_weight": NON_NEGATIVE, "und_weight": NON_NEGATIVE,
+    "temperature": Range(0, why="0 = greedy"), "top_k": COUNT, "top_p": Range(0, 1, low_open=True),
+    "cfg_scale": GUIDANCE, "guidance_scale": GUIDANCE, "rank_timeout_s": POSITIVE,
+    # training
+    "OptimConfig.beta1": Range(0, 1, high_open=True), "OptimConfig.beta2": Range(0, 1, high_open=True),
+    "OptimConfig.min_lr_ratio": SHARE,
+    "LoraConfig.r": COUNT, "LoraConfig.alpha": POSITIVE, "LoraConfig.dropout": Range(0, 1, high_open=True),
+    "SamplingConfig.temperature": Range(0, low_open=True, why="0 would draw a group's images all alike"),
+    "RunConfig.keep_checkpoints": Range(0, why="0 = keep all"),
+    "GRPOConfig.group_size": Range(2, why="a group of one has no baseline"),
+    "GRPOConfig.num_iterations": COUNT, "GRPOConfig.epsilon": NON_NEGATIVE, "GRPOConfig.epsilon_high": NON_NEGATIVE,
+    "GRPOConfig.beta": NON_NEGATIVE, "GRPOConfig.negative_weight": SHARE, "GRPOConfig.max_redraws": NON_NEGATIVE,
+    "GRPOConfig.und_temperature": Range(0, low_open=True, why="answers are sampled; 0 would be greedy"),
+    "GRPOConfig.und_max_new_tokens": COUNT,
+    "SFTConfig.keep_top": Range(0, why="0 = off"), "SFTConfig.gumbel_tau": POSITIVE, "SFTConfig.dpo_beta": POSITIVE,
+    "SFTConfig.threshold": Range(),  # a reward value: any finite number
+    # loop, prompts, render, eval
+    "LoopConfig.rounds": NON_NEGATIVE, "LoopConfig.n_train": COUNT, "LoopConfig.n_eval": COUNT,
+    "LoopConfig.eval_group_size": COUNT, "LoopConfig.understanding_per_tag": COUNT,
+    "PromptsConfig.n": COUNT, "shares": NON_NEGATIVE, "train_shares": NON_NEGATIVE,
+    "RenderConfig.images_per_prompt": COUNT, "RenderConfig.size": Range(16, 4096),
+    "RuleOptions.threshold": SHARE, "RuleOptions.counting_threshold": SHARE, "RuleOptions.max_objects": COUNT,
+    "RuleOptions.max_overlap": SHARE, "RuleOptions.position_threshold": NON_NEGATIVE,
+    "PopeOptions.n_images": Range(0, why="0 = every generated image"),
+    # pretrain
+    "GateConfig.threshold": SHARE,
+    "TokenizerConfig.image_size": COUNT, "TokenizerConfig.channel_multiplier": COUNT, "TokenizerConfig.base_channels": COUNT,
+    "TokenizerConfig.latent_channels": COUNT, "TokenizerConfig.embed_dim": COUNT,
+    "TokenizerConfig.codebook_size": Range(2), "TokenizerConfig.palette_weight": NON_NEGATIVE,
+    "TokenizerConfig.object_weight": NON_NEGATIVE, "TokenizerConfig.commit_beta": NON_NEGATIVE,
+    "TokenizerConfig.restart_every": COUNT, "VisionConfig.eval_images": COUNT,
+    "LanguageModelConfig.gen_batch": COUNT, "LanguageModelConfig.und_batch": COUNT,
+    "LanguageModelConfig.cfg_dropout": SHARE, "LanguageModelConfig.caption_share": SHARE,
+    "LanguageModelConfig.canonical_margin": Range(-1, why="-1 = the encoder's own tokens"),
+    "LanguageModelConfig.canonical_batches": COUNT, "LanguageModelConfig.gen_align": COUNT,
+    "LanguageModelConfig.prompt_reading": NON_NEGATIVE, "LanguageModelConfig.text_hidden": COUNT,
+    "LanguageModelConfig.text_layers": COUNT, "LanguageModelConfig.vision_hidden": COUNT,
+    "LanguageModelConfig.vision_layers": COUNT,
+}
+
+
+def range_of(cls: type, name: str) -> Range | None:
+    """A field's entry in RANGES: its class's own, else the plain field name's."""
+    return RANGES.get(f"{cls.__name__}.{name}", RANGES.get(name))
+
+
+def check_ranges(cfg: Any, prefix: str = "") -> None:
+    """Every number of a resolved config (nested configs, dict and list values too) finite and inside its
+    RANGES entry; the error names the dotted key as a user types it (`optim.lr`)."""
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            check_ranges(value, f"{prefix}{f.name}.")
+        else:
+            check_value(f"{prefix}{f.name}", value, range_of(type(cfg), f.name))
+
+
+def check_value(key: str, value: Any, allowed: Range | None = None) -> None:
+    """One setting: a float must be finite, a number inside `allowed`; dicts and lists item by item (a
+    list's or a mapping's range holds for each of its numbers: `channel_multiplier`, `shares`)."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            check_value(f"{key}.{k}", v, allowed)
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            check_value(f"{key}[{i}]", v, allowed)
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        if not math.isfinite(value):
+            raise InputError(f"{key}: must be a finite number, got {value!r}")
+        if allowed is not None and not _inside(value, allowed):
+            why = f" ({allowed.why})" if allowed.why else ""
+            raise InputError(f"{key}: must be {_describe(allowed)}{why}, got {value!r}")
+
+
+def _inside(value: float, allowed: Range) -> bool:
+    """`value` within both bounds of `allowed`, each open or closed as the range says."""
+    low, high = allowed.low, allowed.high
+    above = low is None or (value > low if allowed.low_open else value >= low)
+    below = high is None or (value < high if allowed.high_open else value <= high)
+    return above and below
+
+
+def _describe(allowed: Range) -> str:
+    """`>= 1`, `> 0`, `in [0, 1)`: the range as the error states it."""
+    low, high = allowed.low, allowed.high
+    if low is not None and high is not None:
+        return f"in {'(' if allowed.low_open else '['}{low}, {high}{')' if allowed.high_open else ']'}"
+    if low is not None:
+        return f"{'>' if allowed.low_open else '>='} {low}"
+    return f"{'<' if allowed.high_open else '<='} {high}"
+
+
 def check_call_options(factory: Any, options: dict[str, Any], where: str) -> dict[str, Any]:
     """A plugin's options checked against its signature and typed by its annotations.
 
@@ -229,6 +354,7 @@ def check_call_options(factory: Any, options: dict[str, Any], where: str) -> dic
             typed[key] = _coerce(value, hint, f"{where}.{key}")
         except TypeError:  # an annotation the config system does not model
             typed[key] = to_dict(value)
+        check_value(f"{where}.{key}", typed[key])
     return typed
 
 

@@ -90,6 +90,14 @@ def lock_output(folder: Path, prefix: str = "") -> Path:
     return path
 
 
+def make_output_file_folder(path: Path, label: str) -> None:
+    """Make the folder an output file goes in (for commands that write one file and hold no lock), or
+    one InputError: `path` is a folder, or a file stands where the folder (or a parent) should be."""
+    if Path(path).is_dir():
+        raise InputError(f"{label} {path}: is a folder; give the file to write")
+    _make_folder(Path(path).parent)
+
+
 def _make_folder(folder: Path) -> None:
     """The output folder, or a one-line error when a file stands where it (or a parent) should be."""
     try:

@@ -110,10 +110,19 @@ class Registry:
 
     def build(self, name: str, **options: Any) -> Any:
         """Instantiate a plugin, turning unknown options into one clear error."""
+        from safetensors import SafetensorError
+
         from unirl_kit.config import check_call_options
+        from unirl_kit.types import InputError, first_line
 
         factory = self.get(name)
-        return factory(**check_call_options(factory, options, where=f"{self.group}.{name}"))
+        typed = check_call_options(factory, options, where=f"{self.group}.{name}")
+        try:
+            return factory(**typed)
+        except SafetensorError as exc:  # garbage, truncated or empty weights, however deep the loader reads them
+            source = f" {typed['model']}" if typed.get("model") else ""
+            raise InputError(f"{self.group}.{name}: a weights file of{source or ' the model'} is not a readable "
+                             f"safetensors file ({first_line(exc)}); download or save the model again") from None
 
     def describe(self) -> list[tuple[str, str, str]]:
         """(name, one-line description, source); entry-point plugins are imported to read theirs."""

@@ -21,6 +21,13 @@ class InputError(ValueError):
     """Bad user input: the message is one line that names the file/field and the fix."""
 
 
+def first_line(exc: BaseException) -> str:
+    """An exception's text cut to its first line, for an InputError's message (safetensors and torch
+    errors run over several lines)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 class TrainingError(RuntimeError):
     """Training cannot go on (a NaN loss, ...); the message says what and where the last good checkpoint is."""
 

@@ -38,7 +38,15 @@ from unirl_kit.backbones.janus_sampler import (
     teacher_forced_logits,
     teacher_forced_logprobs,
 )
-from unirl_kit.backbones.loading import check_model_dir, is_hub_id, resolve_device, resolve_dtype
+from unirl_kit.backbones.loading import (
+    check_finite_weights,
+    check_model_dir,
+    check_tensor_names,
+    is_hub_id,
+    quiet_transformers,
+    resolve_device,
+    resolve_dtype,
+)
 from unirl_kit.types import InputError
 
 _HINT = "give --model a Janus folder in the transformers format (JanusForConditionalGeneration + JanusProcessor)"
@@ -66,11 +74,15 @@ class JanusBackbone:
         self.source = source
         dev = resolve_device(device)
         try:
-            self.model = JanusForConditionalGeneration.from_pretrained(
-                source, dtype=resolve_dtype(dtype, dev), use_safetensors=True).to(dev).eval()
+            with quiet_transformers():  # its load report would print a table before our one-line error
+                model, info = JanusForConditionalGeneration.from_pretrained(
+                    source, dtype=resolve_dtype(dtype, dev), use_safetensors=True, output_loading_info=True)
             self.processor = JanusProcessor.from_pretrained(source)
         except OSError as exc:  # a hub id with no network, or a folder transformers cannot read
             raise InputError(f"--model {source}: cannot load ({str(exc).splitlines()[0]}); {_HINT}") from None
+        check_tensor_names(Path(source), info["missing_keys"], info["unexpected_keys"])
+        self.model = model.to(dev).eval()
+        check_finite_weights(self.model.state_dict(), Path(source))
         self.model.model.vqmodel.requires_grad_(False)  # Janus's VQ is frozen
         tok = self.processor.tokenizer
         pad = tok.pad_token_id if tok.pad_token_id is not None else self.model.config.text_config.pad_token_id

@@ -5,9 +5,11 @@ A bad `--model` path should fail before minutes of weight loading, with the miss
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +64,66 @@ def check_model_dir(path: Path, model_type: str, hint: str) -> None:
         raise InputError(f"{path / 'config.json'}: not valid JSON ({exc.msg}); re-save the model") from None
     if found != model_type:
         raise InputError(f"{path / 'config.json'}: model_type is {found!r}, not {model_type!r}; {hint}")
+
+
+@contextlib.contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """transformers' warnings off for a block: its load report prints a table of missing and unexpected
+    tensors, which check_tensor_names turns into one line instead."""
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+
+
+def first_non_finite(tensors: Mapping[str, torch.Tensor]) -> str | None:
+    """The name of the first floating-point tensor holding a NaN or Inf, else None. One isfinite pass and
+    a single device sync: cheap next to loading, and a corrupt weight otherwise shows up only as NaN
+    images, answers or losses later."""
+    floats = [(name, t) for name, t in tensors.items() if t.is_floating_point()]
+    if not floats:
+        return None
+    finite = torch.stack([torch.isfinite(t).all() for _, t in floats]).cpu()
+    bad = (~finite).nonzero()
+    return floats[int(bad[0])][0] if len(bad) else None
+
+
+def weights_file(folder: Path, tensor: str, candidates: Iterable[str] = ("model.safetensors",)) -> Path:
+    """The file of a model folder that holds `tensor`: its shard in model.safetensors.index.json, else the
+    first of `candidates` present (the folder itself when none is: a hub id, say)."""
+    folder = Path(folder)
+    index = folder / "model.safetensors.index.json"
+    try:
+        shard = json.loads(index.read_text()).get("weight_map", {}).get(tensor) if index.is_file() else None
+    except (OSError, ValueError, AttributeError):  # an unreadable index: name the folder's own file
+        shard = None
+    if shard:
+        return folder / shard
+    return next((folder / c for c in candidates if (folder / c).is_file()), folder)
+
+
+def check_finite_weights(tensors: Mapping[str, torch.Tensor], folder: Path,
+                         candidates: Iterable[str] = ("model.safetensors",)) -> None:
+    """A one-line InputError naming the file and tensor when any weight of a loaded folder is NaN or Inf."""
+    bad = first_non_finite(tensors)
+    if bad is not None:
+        raise InputError(f"{weights_file(folder, bad, candidates)}: tensor {bad!r} holds NaN or Inf; the weights "
+                         "are corrupt (re-export or re-download the model)")
+
+
+def check_tensor_names(folder: Path, missing: Iterable[str], unexpected: Iterable[str]) -> None:
+    """A model folder must hold exactly the model's tensors: a missing one would be silently randomly
+    initialised (transformers only warns "newly initialized"), an unexpected one means another model."""
+    for names, what in ((sorted(missing), "lack tensor {}, which would be left randomly initialised"),
+                        (sorted(unexpected), "hold tensor {}, which the model does not have")):
+        if names:
+            more = f" (and {len(names) - 1} more)" if len(names) > 1 else ""
+            raise InputError(f"{folder}: the weights {what.format(repr(names[0]) + more)}; the folder holds another "
+                             "or a damaged model (re-export or re-download it)")
 
 
 def resolve_device(device: str) -> torch.device:

@@ -51,9 +51,11 @@ def split_options(items: list[str] | None) -> tuple[dict[str, Any], dict[str, An
 @user_errors
 def _serve_reward(reward: str, host: str, port: int, backbone: str | None, model: str | None, device: str,
                   options: list[str] | None) -> None:
+    from unirl_kit.config import Range, check_value
     from unirl_kit.registry import registry
     from unirl_kit.rewards.server import serve_reward
 
+    check_value("--port", port, Range(0, 65535, why="0 = any free port"))
     reward_options, backbone_options = split_options(options)
     registry("rewards").get(reward)  # an unknown name fails before any model loads
     model_obj = None

@@ -24,6 +24,7 @@ from unirl_kit.eval.geneval.layout import image_rel, prompt_folder, save_png_ato
 
 TOKENS_FILE = "tokens.safetensors"
 GRID_FILE = "grid.png"
+TOKENS_FIX = "delete its prompt folder and rerun `unirl generate` to draw it again"
 
 
 def is_done(out: Path, index: int, group_size: int) -> bool:
@@ -33,7 +34,9 @@ def is_done(out: Path, index: int, group_size: int) -> bool:
         return False
     from safetensors import safe_open
 
-    with safe_open(str(path), framework="pt") as fh:
+    from unirl_kit.checkpoint import safetensors_errors
+
+    with safetensors_errors(path, TOKENS_FIX), safe_open(str(path), framework="pt") as fh:
         rows = fh.get_slice("tokens").get_shape()[0]
     return rows == group_size and all((Path(out) / image_rel(index, k)).is_file() for k in range(group_size))
 
@@ -72,8 +75,11 @@ def read_prompt_samples(out: Path, index: int) -> dict[str, Any]:
     """`tokens`, `logprobs`, `seeds` (and `trajectory` when written) tensors and the header of one prompt folder (for training)."""
     from safetensors import safe_open
 
+    from unirl_kit.checkpoint import safetensors_errors
+    from unirl_kit.jsonl import parse_json
+
     path = prompt_folder(out, index) / TOKENS_FILE
-    with safe_open(str(path), framework="pt") as fh:
+    with safetensors_errors(path, TOKENS_FIX), safe_open(str(path), framework="pt") as fh:
         data: dict[str, Any] = {k: fh.get_tensor(k) for k in fh.keys()}
-        data["header"] = {k: json.loads(v) for k, v in (fh.metadata() or {}).items()}
+        data["header"] = {k: parse_json(v, f"{path}: header {k!r}") for k, v in (fh.metadata() or {}).items()}
     return data

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from unirl_kit.config import to_dict, write_run_info
+from unirl_kit.config import check_ranges, to_dict, write_run_info
 from unirl_kit.distributed import rank_and_world
 from unirl_kit.eval.geneval.layout import write_prompt_folder
 from unirl_kit.generation.prompts import read_prompt_file
@@ -48,11 +48,7 @@ class GenerateConfig:
 def _check(cfg: GenerateConfig) -> None:
     if not cfg.prompts or not cfg.out:
         raise InputError("generate needs --prompts FILE and --out DIR")
-    for key in ("group_size", "batch_size"):
-        if getattr(cfg, key) < 1:
-            raise InputError(f"{key}: must be at least 1, got {getattr(cfg, key)}")
-    if cfg.temperature < 0:
-        raise InputError(f"temperature: must be >= 0 (0 = greedy), got {cfg.temperature}")
+    check_ranges(cfg)
 
 
 def _check_same_run(out: Path, cfg: GenerateConfig) -> None:
@@ -97,12 +93,12 @@ def run_generate(cfg: GenerateConfig, backbone: Any = None) -> dict[str, Any]:
         raise InputError(f"{cfg.prompts}: {exc}") from None
     rank, world = rank_and_world()
     lock_output(out)
-    if rank == 0:
-        write_run_info(out, cfg, "generate")
     mine = list(range(rank, len(metas), world))
     for i in mine:  # fails at once if OUT holds another prompt set (before any image is skipped as done)
         write_prompt_folder(out, i, metas[i])
-    todo = [i for i in mine if not is_done(out, i, cfg.group_size)]
+    todo = [i for i in mine if not is_done(out, i, cfg.group_size)]  # a damaged tokens file fails here
+    if rank == 0:  # after the checks of what OUT holds: a refused resume leaves its config.yaml as it was
+        write_run_info(out, cfg, "generate")
     header = {"backbone": cfg.backbone, "model": cfg.model, "cfg_scale": cfg.cfg_scale,
               "temperature": cfg.temperature, "top_k": cfg.top_k, "top_p": cfg.top_p, "seed": cfg.seed}
     rows = [(i, k) for i in todo for k in range(cfg.group_size)]

@@ -4,8 +4,10 @@ plus per-loop overrides, so a loop round trains exactly as `unirl train grpo` wo
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from unirl_kit.training.config import BackboneConfig, SamplingConfig
+from unirl_kit.config import check_ranges, load_config
+from unirl_kit.training.config import BackboneConfig, GRPOConfig, SamplingConfig, SFTConfig
 from unirl_kit.types import GENEVAL_TAGS, InputError
 
 
@@ -43,9 +45,19 @@ class LoopConfig:
 
 
 def check_loop(cfg: LoopConfig) -> None:
-    if cfg.rounds < 0:
-        raise InputError(f"rounds: must be >= 0, got {cfg.rounds}")
+    """Every setting, the trainers' included, before any work (round 0 evaluates for minutes first)."""
+    check_ranges(cfg)
     if cfg.train not in ("grpo", "sft", "both", "raft"):
         raise InputError(f"train: {cfg.train!r} is not one of grpo, sft, both, raft")
-    if cfg.eval_group_size < 1 or cfg.n_eval < 1 or cfg.n_train < 1:
-        raise InputError("eval_group_size, n_eval and n_train must be >= 1")
+    if cfg.train in ("grpo", "both"):
+        _check_trainer(GRPOConfig, cfg.grpo_config, cfg.grpo_overrides, "grpo")
+    if cfg.train != "grpo":
+        _check_trainer(SFTConfig, cfg.sft_config, cfg.sft_overrides, "sft")
+
+
+def _check_trainer(cls: type, config_file: str | None, overrides: list[str], recipe: str) -> None:
+    """A trainer's config file and overrides resolve to valid numbers; the error says whose settings."""
+    try:
+        check_ranges(load_config(cls, Path(config_file) if config_file else None, {}, overrides))
+    except InputError as exc:
+        raise InputError(f"{recipe}_config / {recipe}_overrides: {exc}") from None

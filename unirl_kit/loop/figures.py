@@ -7,12 +7,14 @@ Charts are built on `Figure` + `FigureCanvasAgg` directly: no global backend swi
 
 from __future__ import annotations
 
-import json
 import math
 import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from unirl_kit.jsonl import read_jsonl
+from unirl_kit.types import InputError
 
 DPI = 100
 GRID_PROMPTS = 6  # eval prompts shown in grid.png (the first ones: same prompts and seeds every round)
@@ -154,8 +156,8 @@ def image_grid(path: Path, columns: Sequence[tuple[str, Sequence[Any]]], row_lab
 
 def _prompt_text(prompt_dir: Path) -> str:
     try:
-        return str(json.loads((prompt_dir / "metadata.jsonl").read_text(encoding="utf-8").splitlines()[0])["prompt"])
-    except (OSError, ValueError, IndexError, KeyError, TypeError):
+        return str(read_jsonl(prompt_dir / "metadata.jsonl")[0][1]["prompt"])
+    except (InputError, IndexError, KeyError, TypeError):
         return prompt_dir.name
 
 

@@ -14,15 +14,21 @@ from pathlib import Path
 from typing import Any
 
 from unirl_kit.config import check_same_run, load_config, write_run_info
-from unirl_kit.jsonl import write_atomic
+from unirl_kit.jsonl import read_json, write_atomic
 from unirl_kit.locking import holds_output_locks, lock_output
 from unirl_kit.loop.config import LoopConfig, check_loop
 from unirl_kit.types import InputError
 
 
 def _done(folder: Path, stage: str) -> dict | None:
+    """What a finished stage recorded, or None when it has not finished."""
     path = folder / f"{stage}.done.json"
-    return json.loads(path.read_text()) if path.exists() else None
+    if not path.exists():
+        return None
+    info = read_json(path)
+    if not isinstance(info, dict):
+        raise InputError(f"{path}: expected the stage's JSON object; delete the file to run the stage again")
+    return info
 
 
 def _finish(folder: Path, stage: str, info: dict) -> dict:
@@ -33,6 +39,7 @@ def _finish(folder: Path, stage: str, info: dict) -> dict:
 def make_prompts(cfg: LoopConfig, out: Path) -> tuple[Path, Path]:
     """(train prompts, eval prompts): given files, or drawn here (train by `train_shares`, see LoopConfig)."""
     from unirl_kit.prompts.cmd import PromptsConfig, run_prompts
+    from unirl_kit.prompts.schema import read_prompts
 
     folder = out / "prompts"
     eval_file = Path(cfg.eval_prompts) if cfg.eval_prompts else folder / "eval.jsonl"
@@ -42,9 +49,9 @@ def make_prompts(cfg: LoopConfig, out: Path) -> tuple[Path, Path]:
     if not cfg.train_prompts and not train_file.exists():
         run_prompts(PromptsConfig(world=cfg.world, n=cfg.n_train, seed=cfg.train_seed, exclude=str(eval_file),
                                   shares=cfg.train_shares, out=str(train_file)))
-    for path in (eval_file, train_file):
-        if not path.exists():
-            raise InputError(f"{path}: prompt file not found")
+    for path in (eval_file, train_file):  # read now: a bad file fails before a round's work, not after it
+        if not read_prompts(path):
+            raise InputError(f"{path}: no prompts")
     return train_file, eval_file
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from unirl_kit.backbones.tiny_shapes import build
-from unirl_kit.checkpoint import latest_checkpoint, load_checkpoint
+from unirl_kit.checkpoint import latest_checkpoint, load_latest
 from unirl_kit.pretrain.language_model import LanguageModelConfig, build_model
 from unirl_kit.types import InputError
 
@@ -18,11 +18,10 @@ def export_model(lm_dir: Path, vq_dir: Path, cfg: LanguageModelConfig, target: P
                  guidance_scale: float | None = None) -> dict:
     """Latest LM checkpoint -> target/{config.json, model.safetensors (bf16), tokenizer, processor}, and
     `guidance_scale` (when given) into generation_config.json, where `resolve_cfg_scale` reads it."""
-    ckpt = latest_checkpoint(Path(lm_dir) / "checkpoints")
-    if ckpt is None:
+    if latest_checkpoint(Path(lm_dir) / "checkpoints") is None:
         raise InputError(f"{lm_dir}: no language-model checkpoint to export; run the lm stage first")
     model = build_model(cfg, vq_dir)
-    state = load_checkpoint(ckpt, model)
+    state = load_latest(Path(lm_dir) / "checkpoints", model)
     model = model.to(torch.bfloat16)  # halves the size; loaded back in fp32 on the CPU
     if guidance_scale is not None:
         model.generation_config.guidance_scale = float(guidance_scale)

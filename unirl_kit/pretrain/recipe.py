@@ -14,8 +14,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from unirl_kit.config import write_run_info
-from unirl_kit.jsonl import write_atomic
+from unirl_kit.config import check_ranges, write_run_info
+from unirl_kit.jsonl import read_json, write_atomic
 from unirl_kit.locking import holds_output_locks, lock_output
 from unirl_kit.pretrain.language_model import LanguageModelConfig
 from unirl_kit.pretrain.tokenizer import TokenizerConfig
@@ -46,14 +46,21 @@ class PretrainConfig:
 
 @holds_output_locks
 def run_pretrain(cfg: PretrainConfig) -> dict:
+    check_ranges(cfg)
+    for name in ("base_channels", "latent_channels"):  # the tokenizer's GroupNorm(32) layers
+        if getattr(cfg.tokenizer, name) % 32:
+            raise InputError(f"tokenizer.{name}: must be a multiple of 32 (GroupNorm(32)), got "
+                             f"{getattr(cfg.tokenizer, name)}")
     unknown = [s for s in cfg.stages if s not in STAGES]
     if unknown:
         raise InputError(f"stages: unknown stage {unknown[0]!r}; expected some of {', '.join(STAGES)}")
     out = Path(cfg.out)
+    tok_dir = out / "tokenizer"
     lock_output(out)
+    if "lm" in cfg.stages and "gate" not in cfg.stages and (tok_dir / "gate.json").exists():
+        _passed(tok_dir / "gate.json")  # a damaged gate result fails before config.yaml is rewritten
     write_run_info(out, cfg, "pretrain")
     report: dict = {}
-    tok_dir = out / "tokenizer"
     vq = None
     if "tokenizer" in cfg.stages:
         from unirl_kit.pretrain.tokenizer import train_tokenizer
@@ -86,7 +93,7 @@ def run_pretrain(cfg: PretrainConfig) -> dict:
         from unirl_kit.pretrain.language_model import train_language_model
 
         gate_file = tok_dir / "gate.json"
-        if not gate_file.exists() or not json.loads(gate_file.read_text())["passed"]:
+        if not gate_file.exists() or not _passed(gate_file):
             raise InputError(f"{gate_file}: the tokenizer has not passed its gate; run the gate stage first")
         if cfg.lm.pretrained_vision and not (vision_dir / "final").is_dir():
             raise InputError(f"{vision_dir / 'final'}: no pre-trained vision tower; run the vision stage first "
@@ -101,6 +108,15 @@ def run_pretrain(cfg: PretrainConfig) -> dict:
         target = Path(cfg.export_dir) if cfg.export_dir else out / "export"
         report["export"] = export_model(out / "lm", tok_dir / "final", cfg.lm, target, cfg.guidance_scale)
     return report
+
+
+def _passed(gate_file: Path) -> bool:
+    """Whether the tokenizer gate's saved result says it passed (a damaged file: one line naming it)."""
+    gate = read_json(gate_file)
+    if not isinstance(gate, dict) or not isinstance(gate.get("passed"), bool):
+        raise InputError(f"{gate_file}: expected the gate's result ({{\"passed\": true|false, ...}}); "
+                         "rerun the gate stage")
+    return gate["passed"]
 
 
 def _load_vq(path: Path):

@@ -19,9 +19,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from unirl_kit.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from unirl_kit.checkpoint import load_latest, save_checkpoint
+from unirl_kit.jsonl import iter_lines, parse_json
 from unirl_kit.pretrain.scenes import scene_batch
 from unirl_kit.schedules import warmup_cosine
+from unirl_kit.types import InputError
 from unirl_kit.worlds.shapes.vocab import BACKGROUND, COLORS, PALETTE
 
 
@@ -48,10 +50,9 @@ class TokenizerConfig:
 
 def resume(out: Path, model: torch.nn.Module, opt: torch.optim.Optimizer) -> tuple[int, dict]:
     """Load the stage's latest checkpoint (weights and optimizer) if any: (step to start at, saved state)."""
-    ckpt = latest_checkpoint(Path(out) / "checkpoints")
-    if ckpt is None:
+    state = load_latest(Path(out) / "checkpoints", model)
+    if state is None:
         return 0, {}
-    state = load_checkpoint(ckpt, model)
     opt.load_state_dict(state["optimizer"])
     return state["step"], state
 
@@ -59,13 +60,12 @@ def resume(out: Path, model: torch.nn.Module, opt: torch.optim.Optimizer) -> tup
 def open_log(path: Path, resume_step: int):
     """The metrics log, cut back to the checkpoint being resumed (later rows would repeat)."""
     if path.exists():
-        rows = [ln for ln in path.read_text().splitlines() if ln.strip()]
         kept = []
-        for ln in rows:
+        for _, ln in iter_lines(path):
             try:
-                if json.loads(ln)["step"] <= resume_step:
+                if parse_json(ln, str(path))["step"] <= resume_step:
                     kept.append(ln)
-            except (json.JSONDecodeError, KeyError):
+            except (InputError, KeyError, TypeError):
                 break  # a torn last line
         path.write_text("".join(k + "\n" for k in kept))
     return path.open("a")

@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from unirl_kit.config import write_run_info
+from unirl_kit.config import check_ranges, write_run_info
+from unirl_kit.locking import make_output_file_folder
 from unirl_kit.prompts.generate import generate_prompts, generate_training_prompts
 from unirl_kit.prompts.qa import check_style
 from unirl_kit.prompts.schema import read_prompts, write_prompts
@@ -46,9 +47,9 @@ def parse_shares(text: str) -> dict[str, float]:
 def run_prompts(cfg: PromptsConfig) -> list[PromptSpec]:
     if not cfg.out:
         raise InputError("prompts needs --out FILE.jsonl")
-    if cfg.n < 1:
-        raise InputError(f"--n must be >= 1, got {cfg.n}")
+    check_ranges(cfg)
     check_style(cfg.question_style)
+    make_output_file_folder(Path(cfg.out), "--out")
     held_out = read_prompts(Path(cfg.exclude)) if cfg.exclude else []
     if cfg.shares is not None:
         specs = generate_training_prompts(cfg.world, cfg.n, cfg.seed, cfg.shares, held_out, cfg.question_style)

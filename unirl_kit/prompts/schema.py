@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from unirl_kit.jsonl import read_jsonl
 from unirl_kit.types import RELATIONS, InputError, PromptSpec, Requirement
 
 _KNOWN = {"tag", "prompt", "include", "exclude", "question", "answer"}
@@ -66,23 +67,6 @@ def parse_spec(obj: Any, where: str) -> PromptSpec:
         answer=obj.get("answer"),
         extra=tuple((k, v) for k, v in obj.items() if k not in _KNOWN),
     )
-
-
-def read_jsonl(path: Path) -> list[tuple[int, Any]]:
-    """(line number, parsed object) for each non-blank line; malformed JSON names file and line."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: file not found")
-    rows = []
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                rows.append((lineno, json.loads(line)))
-            except json.JSONDecodeError as exc:
-                raise InputError(f"{path}:{lineno}: malformed JSON ({exc.msg} at column {exc.colno})") from None
-    return rows
 
 
 def read_prompts(path: Path) -> list[PromptSpec]:

@@ -52,14 +52,18 @@ class RewardError(RuntimeError):
 
 
 def parse_reward_spec(text: str) -> tuple[str, float]:
-    """'geneval:0.5' -> ('geneval', 0.5); 'self-qa' -> ('self-qa', 1.0)."""
+    """'geneval:0.5' -> ('geneval', 0.5); 'self-qa' -> ('self-qa', 1.0). A NaN or infinite weight is
+    refused: it would turn every total reward into NaN (or inf) and every advantage with it."""
     name, sep, weight = text.rpartition(":")
     if not sep:
         return text.strip(), 1.0
     try:
-        return name.strip(), float(weight)
+        value = float(weight)
     except ValueError:
-        raise InputError(f"--reward {text!r}: expected NAME or NAME:WEIGHT with a number as weight") from None
+        value = math.nan
+    if not math.isfinite(value):
+        raise InputError(f"--reward {text!r}: expected NAME or NAME:WEIGHT with a finite number as weight")
+    return name.strip(), value
 
 
 def check_output(name: str, out: Any, samples: Sequence[Sample]) -> RewardOutput:

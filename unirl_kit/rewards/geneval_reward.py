@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
+from unirl_kit.config import check_ranges
 from unirl_kit.eval.geneval.rules import RuleOptions, keep_detections, requirement_checks, verdict_from_checks
 from unirl_kit.eval.geneval.runner import GenevalConfig, build_judges
 from unirl_kit.rewards.base import RewardOutput, Sample
@@ -32,12 +33,13 @@ class GenevalReward:
     ) -> None:
         if batch_size < 1:
             raise InputError(f"{self.name}: batch_size must be >= 1, got {batch_size}")
+        self.rules = RuleOptions(threshold, counting_threshold, max_objects, max_overlap, position_threshold)
+        check_ranges(self.rules, f"rewards.{self.name}.")  # the same bounds as `eval geneval` rules.*
         cfg = GenevalConfig(detector=detector, detector_options=dict(detector_options or {}),
                             color_classifier=color_classifier, color_options=dict(color_options or {}))
         self.detector, self.colors = build_judges(cfg)
         self.detector_name = detector
         self.partial = self.PARTIAL if partial is None else bool(partial)
-        self.rules = RuleOptions(threshold, counting_threshold, max_objects, max_overlap, position_threshold)
         self.batch_size = batch_size
         self._known: set[str] = set()  # prompts whose vocabulary was checked
 

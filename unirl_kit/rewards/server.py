@@ -253,14 +253,15 @@ def make_reward_server(reward_name: str, options: dict[str, Any] | None = None, 
         raise InputError(f"--reward {reward_name!r}: give the reward's name only; weights belong to the client")
     composed = build_rewards([reward_name], {reward_name: dict(options)} if options else None, backbone)
     name, _, reward = composed.parts[0]
-    if not is_loopback(host):
-        print(f"warning: the reward server has no authentication; on {host} anyone who can reach port {port} "
-              "can use it (and its GPU). Prefer 127.0.0.1 and an SSH tunnel.", file=sys.stderr)
     try:
-        return RewardServer((host, port), name, reward, max_request_bytes, log_requests, max_active,
-                            max_request_pixels)
+        server = RewardServer((host, port), name, reward, max_request_bytes, log_requests, max_active,
+                              max_request_pixels)
     except OSError as exc:
         raise InputError(f"cannot listen on {host}:{port} ({exc.strerror or exc}); pick another --host/--port") from None
+    if not is_loopback(host):  # once it listens: a host it cannot bind gets the one error line alone
+        print(f"warning: the reward server has no authentication; on {host} anyone who can reach port {port} "
+              "can use it (and its GPU). Prefer 127.0.0.1 and an SSH tunnel.", file=sys.stderr)
+    return server
 
 
 def serve_reward(reward_name: str, options: dict[str, Any] | None = None, host: str = "127.0.0.1",

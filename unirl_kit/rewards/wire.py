@@ -19,12 +19,11 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+from unirl_kit.jsonl import MAX_JSON_DEPTH, parse_json
 from unirl_kit.rewards.base import RewardError, RewardOutput, Sample
 from unirl_kit.types import InputError
 
 WIRE_VERSION = 1
-_FORMAT_DEPTH = 7  # request > samples > sample > spec > include > requirement > position
-MAX_JSON_DEPTH = 32  # generous for metadata with nested extra keys, far below Python's recursion limit
 _SAMPLE_KEYS = {"spec", "image_png", "tokens", "prompt_index", "image_index", "path"}
 
 
@@ -44,54 +43,10 @@ def dumps(payload: Any) -> bytes:
     return json.dumps(payload, default=_jsonable, separators=(",", ":")).encode("utf-8")
 
 
-def _bounded_int(text: str) -> int:
-    """json's parse_int: 64-bit integers only (a token id or an index never needs more; a
-    100,000-digit number costs quadratic time and fails in Python's int conversion)."""
-    if len(text.lstrip("-")) <= 19:
-        value = int(text)
-        if -2**63 <= value < 2**63:
-            return value
-    raise ValueError(f"integer {text[:24]}{'...' if len(text) > 24 else ''} ({len(text)} characters) "
-                     "is outside the 64-bit range")
-
-
-def _finite_float(text: str) -> float:
-    """json's parse_float: 1e999 would become inf, which no field of the format may hold."""
-    value = float(text)
-    if not math.isfinite(value):
-        raise ValueError(f"number {text[:24]} is out of range")
-    return value
-
-
-def _no_constant(name: str) -> Any:
-    """json's parse_constant: NaN and Infinity are not JSON (Python accepts them by default)."""
-    raise ValueError(f"{name} is not valid JSON")
-
-
-def _too_deep(obj: dict | list, limit: int) -> bool:
-    """Whether arrays/objects nest deeper than `limit` (iterative: no recursion on hostile input)."""
-    stack = [(obj, 1)]
-    while stack:
-        node, depth = stack.pop()
-        if depth > limit:
-            return True
-        children = node.values() if isinstance(node, dict) else node
-        stack.extend((c, depth + 1) for c in children if isinstance(c, dict | list))
-    return False
-
-
 def loads(body: bytes | bytearray, max_depth: int = MAX_JSON_DEPTH) -> Any:
     """A request body -> JSON, or one InputError: malformed, non-UTF-8, nested deeper than
-    `max_depth` (the format needs 7 levels), integers beyond 64 bits, NaN/Infinity."""
-    try:
-        payload = json.loads(body, parse_int=_bounded_int, parse_float=_finite_float, parse_constant=_no_constant)
-    except RecursionError:
-        raise InputError(f"request: JSON nested too deeply (the format needs {_FORMAT_DEPTH} levels)") from None
-    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, the hooks' refusals
-        raise InputError(f"request: malformed JSON ({exc})") from None
-    if isinstance(payload, dict | list) and _too_deep(payload, max_depth):
-        raise InputError(f"request: JSON nested deeper than {max_depth} levels (the format needs {_FORMAT_DEPTH})")
-    return payload
+    `max_depth` (the format needs 7: request > samples > sample > spec > include > requirement > position), integers beyond 64 bits, NaN/Infinity."""
+    return parse_json(body, "request", max_depth, strict=True)
 
 
 def encode_image(image: Any) -> str:

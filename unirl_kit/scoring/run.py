@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from unirl_kit.config import to_dict, write_run_info
+from unirl_kit.config import check_ranges, to_dict, write_run_info
 from unirl_kit.distributed import rank_and_world, wait_for_files
 from unirl_kit.eval.geneval.layout import ImageItem, load_image, scan_images
-from unirl_kit.jsonl import ResumableJsonl, write_atomic
+from unirl_kit.jsonl import ResumableJsonl, read_json, write_atomic
 from unirl_kit.locking import holds_output_locks, lock_output
 from unirl_kit.registry import registry
 from unirl_kit.rewards.base import ComposedReward, RewardError, Sample, build_rewards, parse_reward_spec
@@ -30,6 +30,9 @@ from unirl_kit.types import InputError, PromptSpec
 
 SCORES = "scores.jsonl"
 ANSWER_REWARD = "self-qa"  # whose details["answer"] becomes a row's `answer`
+# What resuming, the summary and distill read of a row: checked on open, so a bad row names its line.
+SCORE_FIELDS = {"filename": str, "prompt_index": int, "image_index": int, "tag": str, "reward": (int, float),
+                "rewards": dict}
 
 
 @dataclass
@@ -69,8 +72,7 @@ def _check(cfg: ScoreConfig, weights: list[tuple[str, float]]) -> None:
     """Cheap checks, all before a model loads."""
     if not cfg.samples_dir:
         raise InputError("score needs SAMPLES_DIR (a `unirl generate` output or any GenEval-layout folder)")
-    if cfg.batch_size < 1:
-        raise InputError(f"batch_size: must be at least 1, got {cfg.batch_size}")
+    check_ranges(cfg)
     if scores_path(cfg).is_dir():
         raise InputError(f"--out {scores_path(cfg)}: is a folder; give the scores file, e.g. {scores_path(cfg) / SCORES}")
     names = [n for n, _ in weights]
@@ -96,9 +98,11 @@ def _check_same_rewards(out: Path, fp: dict[str, Any]) -> None:
     if not header.is_file() or not has_scores:
         return
     try:
-        old = json.loads(header.read_text())
-    except json.JSONDecodeError:
-        raise InputError(f"{header}: unreadable; use a new --out, or delete {out} to start over") from None
+        old = read_json(header)
+    except InputError as exc:
+        raise InputError(f"{exc}; use a new --out, or delete {out} to start over") from None
+    if not isinstance(old, dict):
+        raise InputError(f"{header}: expected a JSON object; use a new --out, or delete {out} to start over")
     for key in sorted(set(old) | set(fp)):
         if old.get(key) != fp.get(key):
             raise InputError(f"{out}: holds scores made with {key}={old.get(key)!r}, not {fp.get(key)!r}; "
@@ -129,14 +133,16 @@ def with_question(spec: PromptSpec) -> PromptSpec:
 
 def _tokens(samples_dir: Path, folder: str, image_index: int) -> Any:
     """Row `image_index` of the folder's tokens file (read lazily), or None when not recorded."""
-    from unirl_kit.generation.outputs import TOKENS_FILE
+    from unirl_kit.generation.outputs import TOKENS_FILE, TOKENS_FIX
 
     path = samples_dir / folder / TOKENS_FILE
     if not path.is_file():
         return None
     from safetensors import safe_open
 
-    with safe_open(str(path), framework="pt") as fh:
+    from unirl_kit.checkpoint import safetensors_errors
+
+    with safetensors_errors(path, TOKENS_FIX), safe_open(str(path), framework="pt") as fh:
         if "tokens" not in fh.keys():
             return None
         rows = fh.get_slice("tokens")
@@ -204,17 +210,17 @@ def run_score(cfg: ScoreConfig, backbone: Any = None) -> dict[str, Any]:
     composed = build_rewards(cfg.rewards, cfg.reward_options, backbone if needs_backbone else None)
     rank, world = rank_and_world()
     lock_output(out.parent, prefix=f"{out.stem}.")
+    key = lambda row: row["filename"]  # noqa: E731
+    merged = ResumableJsonl(out, key, SCORE_FIELDS)  # a damaged file fails before the run info is rewritten
     if rank == 0:
         write_run_info(out.parent, cfg, "score", prefix=f"{out.stem}.")
         write_atomic(sibling(out, ".rewards.json"), json.dumps(fp, indent=2) + "\n")
-    key = lambda row: row["filename"]  # noqa: E731
-    merged = ResumableJsonl(out, key)
     if world == 1:
         for part in _rank_parts(out):  # left by an earlier sharded run
-            merged.append(ResumableJsonl(part, key).rows)
+            merged.append(ResumableJsonl(part, key, SCORE_FIELDS).rows)
         _score(items, merged, composed, cfg, "score")
     else:
-        part = ResumableJsonl(sibling(out, f".rank{rank}.jsonl"), key)
+        part = ResumableJsonl(sibling(out, f".rank{rank}.jsonl"), key, SCORE_FIELDS)
         part.done |= merged.done
         _score(items[rank::world], part, composed, cfg, f"score rank {rank}")
         sibling(out, f".rank{rank}.done").touch()
@@ -222,7 +228,7 @@ def run_score(cfg: ScoreConfig, backbone: Any = None) -> dict[str, Any]:
             return {}
         wait_for_files([sibling(out, f".rank{r}.done") for r in range(world)], cfg.rank_timeout_s, "the other ranks")
         for r in range(world):
-            merged.append(ResumableJsonl(sibling(out, f".rank{r}.jsonl"), key).rows)
+            merged.append(ResumableJsonl(sibling(out, f".rank{r}.jsonl"), key, SCORE_FIELDS).rows)
     rows = _in_scan_order(out, merged, items)
     for stale in [*_rank_parts(out), *out.parent.glob(f"{glob.escape(out.stem)}.rank*.done")]:
         stale.unlink(missing_ok=True)

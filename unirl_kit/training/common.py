@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from unirl_kit.jsonl import iter_lines, parse_json
 from unirl_kit.schedules import warmup_cosine
 from unirl_kit.training.config import BackboneConfig, LoraConfig, OptimConfig, RunConfig
 from unirl_kit.types import InputError
@@ -221,7 +222,7 @@ class MetricsLog:
     def __init__(self, out: Path, resumed_step: int, tensorboard: bool) -> None:
         self.path = Path(out) / "metrics.jsonl"
         if self.path.exists():
-            keep = [ln for ln in self.path.read_text().splitlines() if _step_of(ln) <= resumed_step]
+            keep = [ln for _, ln in iter_lines(self.path) if _step_of(ln) <= resumed_step]
             self.path.write_text("".join(ln + "\n" for ln in keep))
         self.writer = None
         if tensorboard:
@@ -247,8 +248,8 @@ class MetricsLog:
 
 def _step_of(line: str) -> int:
     try:
-        return int(json.loads(line)["step"])
-    except (ValueError, KeyError, TypeError):
+        return int(parse_json(line, "metrics.jsonl")["step"])
+    except (ValueError, KeyError, TypeError, OverflowError):  # InputError is a ValueError
         return 1 << 60  # a torn line: dropped
 
 
@@ -283,15 +284,14 @@ def export_final(policy: Policy, out: Path, rank: int = 0) -> Path | None:
 
 
 def check_out(run: RunConfig, resume: bool) -> Path:
-    """A fresh run refuses an `out` holding checkpoints (say --resume); a resume needs them."""
+    """A fresh run refuses an `out` holding checkpoints (say --resume)."""
     from unirl_kit.checkpoint import latest_checkpoint
 
     out = Path(run.out)
     has = latest_checkpoint(out / "checkpoints") is not None
     if has and not resume:
         raise InputError(f"{out} already holds checkpoints; pass --resume to continue it or give a new run.out")
-    out.mkdir(parents=True, exist_ok=True)
-    return out
+    return out  # made by lock_output, which names a file standing where the folder should be
 
 
 def answer_token_count(backbone: Any, answers: list[str]) -> int:

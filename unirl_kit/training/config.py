@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from unirl_kit.config import check_ranges
 from unirl_kit.types import InputError
 
 LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo")
@@ -101,12 +102,9 @@ class GRPOConfig:
 
 def check_grpo(cfg: GRPOConfig, world: int = 1) -> None:
     """Every invalid setting fails here, before a model is loaded or an image drawn."""
+    check_ranges(cfg)
     if not cfg.prompts:
         raise InputError("grpo: prompts is empty; give a `unirl prompts` file (prompts=FILE)")
-    if cfg.group_size < 2:
-        raise InputError(f"group_size: must be at least 2 (a group of one has no baseline), got {cfg.group_size}")
-    if cfg.prompts_per_step < 1:
-        raise InputError(f"prompts_per_step: must be at least 1, got {cfg.prompts_per_step}")
     if cfg.prompts_per_step % world:
         raise InputError(f"prompts_per_step ({cfg.prompts_per_step}) must divide by the {world} processes so "
                          "that every rank holds whole groups")
@@ -118,21 +116,11 @@ def check_grpo(cfg: GRPOConfig, world: int = 1) -> None:
         raise InputError(f"logprob: {cfg.logprob!r} is not one of guided, conditional")
     if cfg.scale_rewards not in ("group", "batch", "none"):
         raise InputError(f"scale_rewards: {cfg.scale_rewards!r} is not one of group, batch, none")
-    if cfg.num_iterations < 1:
-        raise InputError(f"num_iterations: must be at least 1, got {cfg.num_iterations}")
-    if not 0 <= cfg.negative_weight <= 1:
-        raise InputError(f"negative_weight: must be in [0, 1], got {cfg.negative_weight}")
-    if cfg.max_redraws < 0:
-        raise InputError(f"max_redraws: must be >= 0, got {cfg.max_redraws}")
     if cfg.dynamic_sampling and cfg.target != "gen":
         raise InputError(f"dynamic_sampling: drops groups whose image rewards tie, so it needs target gen, "
                          f"got {cfg.target}")
-    if cfg.epsilon < 0 or (cfg.epsilon_high is not None and cfg.epsilon_high < 0):
-        raise InputError("epsilon and epsilon_high must be >= 0")
-    if cfg.beta < 0:
-        raise InputError(f"beta: must be >= 0, got {cfg.beta}")
     check_fsdp(cfg.backbone, cfg.lora, world)
-    check_common(cfg.optim, cfg.run)
+    check_optim(cfg.optim)
 
 
 def check_fsdp(backbone: BackboneConfig, lora: LoraConfig, world: int) -> None:
@@ -148,20 +136,13 @@ def check_fsdp(backbone: BackboneConfig, lora: LoraConfig, world: int) -> None:
                          "without FSDP)")
 
 
-def check_common(optim: OptimConfig, run: RunConfig) -> None:
+def check_optim(optim: OptimConfig) -> None:
+    """What the trainers share beyond RANGES (checked by check_ranges)."""
     if optim.schedule not in ("constant", "warmup_cosine"):
         raise InputError(f"optim.schedule: {optim.schedule!r} is not one of constant, warmup_cosine")
-    if optim.micro_batch < 1:
-        raise InputError(f"optim.micro_batch: must be at least 1, got {optim.micro_batch}")
-    if optim.lr <= 0:
-        raise InputError(f"optim.lr: must be > 0, got {optim.lr}")
-    if run.steps < 1:
-        raise InputError(f"run.steps: must be at least 1, got {run.steps}")
-    if run.checkpoint_every < 1:
-        raise InputError(f"run.checkpoint_every: must be at least 1, got {run.checkpoint_every}")
 
 
-SFT_MODES = ("und", "e2e", "gen-rs", "distill")
+SFT_MODES = ("und", "e2e", "gen-rs", "distill", "dpo")
 
 
 @dataclass
@@ -173,12 +154,14 @@ class SFTConfig:
     gen-rs: next-token cross-entropy on the generated images whose reward reaches `threshold` and/or
     the `keep_top` best of each group (online self-RAFT);
     distill: the same loss on the `keep_top` best images of each prompt of a judged samples folder
-    (`samples`: `unirl generate` + `unirl score`; offline self-RAFT), `prompts_per_step` images a step.
+    (`samples`: `unirl generate` + `unirl score`; offline self-RAFT), `prompts_per_step` images a step;
+    dpo: Diffusion-DPO's loss on the same folder: each prompt's best image against its worst, relative to
+    the frozen starting weights, `prompts_per_step` pairs a step.
     """
 
     prompts: str = ""  # not read by distill (its prompts are the samples folder's)
-    samples: str = ""  # distill: a samples folder with scores.jsonl
-    mode: str = "und"  # und | e2e | gen-rs | distill
+    samples: str = ""  # distill / dpo: a samples folder with scores.jsonl
+    mode: str = "und"  # und | e2e | gen-rs | distill | dpo
     prompts_per_step: int = 4
     group_size: int = 4  # images per prompt; the global batch is prompts_per_step x group_size
     threshold: float | None = None  # gen-rs: keep images with reward >= threshold
@@ -189,6 +172,7 @@ class SFTConfig:
     rewards: list[str] = field(default_factory=lambda: ["self-qa"])  # gen-rs only
     reward_options: dict = field(default_factory=dict)
     gumbel_tau: float = 1.0  # e2e: Gumbel-softmax temperature
+    dpo_beta: float = 0.1  # dpo: beta of -log sigmoid(beta * (chosen - rejected log-ratio margin))
     und_weight: float = 1.0  # e2e: weight of the answer NLL
     gen_weight: float = 0.0  # e2e: weight of the conditional NLL of the sampled image tokens (0: off)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
@@ -200,26 +184,24 @@ class SFTConfig:
 
 def check_sft(cfg: SFTConfig, world: int = 1) -> None:
     """Every invalid setting fails here, before a model is loaded or an image drawn."""
+    check_ranges(cfg)
     if cfg.mode not in SFT_MODES:
         raise InputError(f"mode: {cfg.mode!r} is not one of {', '.join(SFT_MODES)}")
+    if cfg.mode in ("distill", "dpo") and not cfg.samples:
+        raise InputError(f"samples: mode {cfg.mode} trains on a judged samples folder (`unirl generate` then "
+                         "`unirl score`); give samples=DIR")
     if cfg.mode == "distill":
-        if not cfg.samples:
-            raise InputError("samples: mode distill trains on a judged samples folder (`unirl generate` then "
-                             "`unirl score`); give samples=DIR")
         if not cfg.keep_top and cfg.threshold is None:
             raise InputError("mode distill keeps images by keep_top (the best k of each prompt) and/or threshold; "
                              "give one (keep_top=1)")
-    elif cfg.samples:
-        raise InputError(f"samples: only mode distill reads a samples folder; mode {cfg.mode} draws its own images")
-    elif not cfg.prompts:
+    elif cfg.mode != "dpo" and cfg.samples:
+        raise InputError(f"samples: only modes distill and dpo read a samples folder; mode {cfg.mode} draws its own "
+                         "images")
+    elif cfg.mode != "dpo" and not cfg.prompts:
         raise InputError("sft: prompts is empty; give a `unirl prompts` file (prompts=FILE)")
-    if cfg.group_size < 1:
-        raise InputError(f"group_size: must be at least 1, got {cfg.group_size}")
-    if cfg.prompts_per_step < 1:
-        raise InputError(f"prompts_per_step: must be at least 1, got {cfg.prompts_per_step}")
     if cfg.prompts_per_step % world:
         raise InputError(f"prompts_per_step ({cfg.prompts_per_step}) must divide by the {world} processes")
-    if cfg.keep_top < 0 or (cfg.mode == "gen-rs" and cfg.keep_top and cfg.keep_top >= cfg.group_size):
+    if cfg.mode == "gen-rs" and cfg.keep_top and cfg.keep_top >= cfg.group_size:
         raise InputError(f"keep_top: keeps the best k of each group of {cfg.group_size}, so 0 (off) <= k < "
                          f"group_size, got {cfg.keep_top}")
     if cfg.logprob not in ("guided", "conditional"):
@@ -232,10 +214,6 @@ def check_sft(cfg: SFTConfig, world: int = 1) -> None:
                          "on all of them (drop them or set mode=gen-rs)")
     if cfg.mode == "gen-rs" and not cfg.rewards:
         raise InputError("rewards: mode gen-rs needs at least one reward to filter images by")
-    if cfg.gumbel_tau <= 0:
-        raise InputError(f"gumbel_tau: must be > 0, got {cfg.gumbel_tau}")
-    if cfg.und_weight < 0 or cfg.gen_weight < 0:
-        raise InputError(f"und_weight and gen_weight must be >= 0, got {cfg.und_weight}, {cfg.gen_weight}")
     if cfg.mode == "e2e":
         from unirl_kit.registry import registry
 
@@ -249,4 +227,4 @@ def check_sft(cfg: SFTConfig, world: int = 1) -> None:
     if cfg.mode == "e2e" and cfg.und_weight == 0 and cfg.gen_weight == 0:
         raise InputError("e2e: und_weight and gen_weight are both 0; nothing to train")
     check_fsdp(cfg.backbone, cfg.lora, world)
-    check_common(cfg.optim, cfg.run)
+    check_optim(cfg.optim)

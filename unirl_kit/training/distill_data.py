@@ -11,13 +11,13 @@ Only token ids are kept in memory (no pixels), so a folder of any size costs kep
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from unirl_kit.jsonl import iter_jsonl, read_json
 from unirl_kit.prompts.schema import parse_spec
 from unirl_kit.types import InputError, PromptSpec
 
@@ -35,25 +35,39 @@ def _score_rows(path: Path) -> dict[int, list[dict]]:
     if not path.is_file():
         raise InputError(f"{path}: no scores; run `unirl score {path.parent}` with the judge first")
     groups: dict[int, list[dict]] = {}
-    with path.open(encoding="utf-8", errors="replace") as fh:  # line by line: only three numbers kept a row
-        for n, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                key, image, reward = int(row["prompt_index"]), int(row["image_index"]), float(row["reward"])
-            except (ValueError, KeyError, TypeError):
-                raise InputError(f"{path}: line {n}: expected a `unirl score` row with prompt_index, image_index "
-                                 "and reward") from None
-            if not np.isfinite(reward):
-                raise InputError(f"{path}: line {n}: reward is {reward}; a reward must be finite")
-            groups.setdefault(key, []).append({"image": image, "reward": reward})
+    for n, row in iter_jsonl(path):  # line by line: only three numbers kept a row
+        try:
+            key, image, reward = int(row["prompt_index"]), int(row["image_index"]), float(row["reward"])
+        except (ValueError, KeyError, TypeError, OverflowError):
+            raise InputError(f"{path}: line {n}: expected a `unirl score` row with prompt_index, image_index "
+                             "and reward") from None
+        if not np.isfinite(reward):
+            raise InputError(f"{path}: line {n}: reward is {reward}; a reward must be finite")
+        groups.setdefault(key, []).append({"image": image, "reward": reward})
     return groups
+
+
+def _prompt_folder(samples: Path, index: int) -> tuple[PromptSpec, torch.Tensor]:
+    """(spec, [N, T] token ids) of one prompt folder of a `unirl generate` output."""
+    from unirl_kit.generation.outputs import read_prompt_samples
+
+    folder = samples / f"{index:05d}"
+    try:
+        spec = parse_spec(read_json(folder / "metadata.jsonl"), f"{folder / 'metadata.jsonl'}: line 1")
+        return spec, read_prompt_samples(samples, index)["tokens"]
+    except (OSError, ValueError, KeyError) as exc:
+        raise InputError(f"{folder}: not a `unirl generate` prompt folder ({type(exc).__name__}: {exc})") from None
+
+
+def _kept_image(samples: Path, spec: PromptSpec, tokens: torch.Tensor, index: int, row: dict) -> KeptImage:
+    if row["image"] >= tokens.shape[0]:
+        raise InputError(f"{samples / f'{index:05d}'}: scores name image {row['image']}, but tokens.safetensors "
+                         f"holds {tokens.shape[0]}")
+    return KeptImage(spec, index, row["image"], row["reward"], tokens[row["image"]].clone())
 
 
 def load_kept(samples: Path, keep_top: int, threshold: float | None) -> list[KeptImage]:
     """The kept images of every prompt folder, in folder then reward order."""
-    from unirl_kit.generation.outputs import read_prompt_samples
     from unirl_kit.training.sft import keep_rows
 
     samples = Path(samples)
@@ -63,32 +77,41 @@ def load_kept(samples: Path, keep_top: int, threshold: float | None) -> list[Kep
         picks = keep_rows([r["reward"] for r in rows], len(rows), threshold, keep_top)
         if not picks:
             continue
-        folder = samples / f"{index:05d}"
-        try:
-            spec = parse_spec(json.loads((folder / "metadata.jsonl").read_text(encoding="utf-8")),
-                              f"{folder / 'metadata.jsonl'}: line 1")
-            tokens = read_prompt_samples(samples, index)["tokens"]
-        except (OSError, ValueError, KeyError) as exc:
-            raise InputError(f"{folder}: not a `unirl generate` prompt folder ({type(exc).__name__}: {exc})") from None
-        for p in picks:
-            image = rows[p]["image"]
-            if image >= tokens.shape[0]:
-                raise InputError(f"{folder}: scores name image {image}, but tokens.safetensors holds {tokens.shape[0]}")
-            kept.append(KeptImage(spec, index, image, rows[p]["reward"], tokens[image].clone()))
+        spec, tokens = _prompt_folder(samples, index)
+        kept += [_kept_image(samples, spec, tokens, index, rows[p]) for p in picks]
     if not kept:
         raise InputError(f"{samples}: no image kept (every prompt's rewards tie, or none reach the threshold)")
     return kept
 
 
-def distill_rows(kept: list[KeptImage], step: int, per_step: int, seed: int, rank: int, world: int
+def load_pairs(samples: Path) -> list[KeptImage]:
+    """DPO's pairs: per prompt whose rewards do not all tie, its best image then its worst (ties to the
+    earlier image), flattened as [chosen, rejected, chosen, rejected, ...]."""
+    samples = Path(samples)
+    pairs: list[KeptImage] = []
+    for index, rows in sorted(_score_rows(samples / "scores.jsonl").items()):
+        rows = sorted(rows, key=lambda r: r["image"])
+        if max(r["reward"] for r in rows) == min(r["reward"] for r in rows):
+            continue
+        chosen = min(rows, key=lambda r: (-r["reward"], r["image"]))
+        rejected = min(rows, key=lambda r: (r["reward"], r["image"]))
+        spec, tokens = _prompt_folder(samples, index)
+        pairs += [_kept_image(samples, spec, tokens, index, chosen), _kept_image(samples, spec, tokens, index, rejected)]
+    if not pairs:
+        raise InputError(f"{samples}: no pair (every prompt's rewards tie)")
+    return pairs
+
+
+def distill_rows(kept: list[KeptImage], step: int, per_step: int, seed: int, rank: int, world: int, unit: int = 1
                  ) -> tuple[list[KeptImage], int]:
-    """(this rank's rows, global offset) of step `step`: the kept images in a fresh order every epoch
-    (seeded by (seed, epoch)), `per_step` a step, split over ranks; the order is a function of the step."""
-    n = len(kept)
-    rows = []
+    """(this rank's rows, global offset in units) of step `step`: `per_step` units of `unit` consecutive
+    rows (1: a kept image; 2: a DPO pair), in a fresh order every epoch (seeded by (seed, epoch)), split
+    over ranks; the order is a function of the step."""
+    n = len(kept) // unit
+    rows: list[KeptImage] = []
     for j in range(step * per_step, (step + 1) * per_step):
         epoch, at = divmod(j, n)
-        order = np.random.default_rng([seed, 11, epoch]).permutation(n)
-        rows.append(kept[int(order[at])])
+        u = int(np.random.default_rng([seed, 11, epoch]).permutation(n)[at])
+        rows += kept[u * unit:(u + 1) * unit]
     per = per_step // world
-    return rows[rank * per:(rank + 1) * per], rank * per
+    return rows[rank * per * unit:(rank + 1) * per * unit], rank * per

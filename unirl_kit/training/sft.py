@@ -7,7 +7,8 @@
                        the `keep_top` best of each group (self-RAFT: best-of-N by the judge, distilled);
 4. `sft_update`      - one optimizer step on the step's loss (none when gen-rs kept nothing).
 distill (offline self-RAFT) replaces steps 1-3 by `distill_batch`: `prompts_per_step` of the images kept
-from a judged samples folder (`training/distill_data.py`), in a fresh order every epoch.
+from a judged samples folder (`training/distill_data.py`), in a fresh order every epoch. dpo does the
+same with pairs (each prompt's best image by the judge, and its worst) and `dpo_loss` instead of the NLL.
 
 Losses are token means over the global batch (all ranks' kept rows), so neither `optim.micro_batch`
 nor the number of processes changes them:
@@ -26,6 +27,11 @@ nor the number of processes changes them:
   tiny-shapes, training the conditional branch alone on guided samples and then sampling with guidance
   again compounds the guidance and the judge's reward fell 5x in 100 steps), or the conditional
   branch alone (`logprob: conditional`, cfg 1, temperature 1, as pre-training trains it).
+- dpo: Diffusion-DPO / DPO on image pairs: -log sigmoid(beta * ((log pi(w) - log ref(w)) - (log pi(l) -
+  log ref(l)))) with log-probs summed over the image tokens (as `logprob` says), ref the frozen starting
+  weights, mean over pairs. Why beside the NLL: measured on tiny-shapes, distilling even the detector's
+  correct images barely moved GenEval (benchmarks/README.md, issue 20); a pair's tokens that chosen and
+  rejected share cancel, so the update falls on what tells them apart.
 """
 
 from __future__ import annotations
@@ -66,6 +72,7 @@ class SFTBatch:
     questions: list[str] = dataclasses.field(default_factory=list)  # per row (und / e2e)
     answers: list[str] = dataclasses.field(default_factory=list)
     rewards: torch.Tensor | None = None  # [N] (gen-rs)
+    ref_logp: torch.Tensor | None = None  # [N] the reference's image log-probs (dpo)
     records: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
     def prompt(self, row: int) -> str:
@@ -143,6 +150,8 @@ def micro_terms(policy: Policy, data: SFTBatch, rows: list[int], step: int, cfg:
         return {"und": -(scores.logprobs * scores.mask).sum()}
     prompts = [data.prompt(i) for i in rows]
     tokens = data.batch.tokens[rows].to(b.device)
+    if cfg.mode == "dpo":
+        return dpo_terms(policy, data, rows, cfg)
     if cfg.mode in ("gen-rs", "distill"):
         trajectory = None if data.batch.trajectory is None else data.batch.trajectory[rows]
         scale = cfg.sampling.cfg_scale if cfg.logprob == "guided" else 1.0
@@ -158,7 +167,42 @@ def micro_terms(policy: Policy, data: SFTBatch, rows: list[int], step: int, cfg:
     return out
 
 
+def dpo_loss(policy_logp: torch.Tensor, ref_logp: torch.Tensor, beta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed -log sigmoid(beta * margin) over pairs, and the margins; rows alternate chosen, rejected."""
+    ratio = policy_logp.float() - ref_logp.float()
+    margin = ratio[0::2] - ratio[1::2]
+    return -F.logsigmoid(beta * margin).sum(), margin.detach()
+
+
+def image_logp(policy: Policy, data: SFTBatch, rows: list[int], cfg: SFTConfig) -> torch.Tensor:
+    """[len(rows)] log-probs of the rows' image tokens, summed, under the distribution `logprob` names."""
+    scale = cfg.sampling.cfg_scale if cfg.logprob == "guided" else 1.0
+    return policy.backbone.image_logprobs([data.prompt(i) for i in rows], data.batch.tokens[rows].to(policy.backbone.device),
+                                          cfg_scale=scale, temperature=cfg.sampling.temperature).sum(-1)
+
+
+def reference_logp(policy: Policy, data: SFTBatch, chunks: list[list[int]], cfg: SFTConfig) -> torch.Tensor:
+    """Every row's `image_logp` under the frozen starting weights (no grad), one forward per micro-batch
+    (as many on every rank: FSDP)."""
+    ref = torch.zeros(len(data.batch))
+    for rows in chunks:
+        with policy.as_reference(), policy.autocast():
+            values = policy.call(image_logp, policy, data, rows or [0, 1], cfg).detach().float().cpu()
+        if rows:
+            ref[rows] = values
+    return ref
+
+
+def dpo_terms(policy: Policy, data: SFTBatch, rows: list[int], cfg: SFTConfig) -> dict[str, torch.Tensor]:
+    """The DPO loss of consecutive (chosen, rejected) rows; also the pairs the policy already ranks right."""
+    logp = image_logp(policy, data, rows, cfg)
+    loss, margin = dpo_loss(logp, data.ref_logp[rows].to(logp.device), cfg.dpo_beta)
+    return {"dpo": loss, "dpo_accuracy": (margin > 0).float().sum(), "dpo_margin": margin.sum()}
+
+
 def loss_weights(cfg: SFTConfig) -> dict[str, float]:
+    if cfg.mode == "dpo":
+        return {"dpo": 1.0}
     if cfg.mode == "e2e":
         return {t: w for t, w in (("und", cfg.und_weight), ("gen", cfg.gen_weight)) if w > 0}
     return {"und": 1.0} if cfg.mode == "und" else {"gen": 1.0}  # gen-rs, distill
@@ -167,7 +211,7 @@ def loss_weights(cfg: SFTConfig) -> dict[str, float]:
 def token_counts(policy: Policy, data: SFTBatch, terms: list[str], world: int) -> dict[str, float]:
     """Global number of target tokens per term (the loss denominators), known before any backward."""
     local = {"und": answer_token_count(policy.backbone, [data.answers[i] for i in data.keep]) if "und" in terms else 0,
-             "gen": len(data.keep) * data.batch.tokens.shape[1]}
+             "gen": len(data.keep) * data.batch.tokens.shape[1], "dpo": len(data.keep) // 2}
     return {t: float(gather_floats(torch.tensor([float(local[t])]), world).sum()) for t in terms}
 
 
@@ -181,15 +225,17 @@ def sft_update(policy: Policy, optimizer, data: SFTBatch, step: int, cfg: SFTCon
         return out
     weights = loss_weights(cfg)
     counts = token_counts(policy, data, list(weights), world)
-    local = dict.fromkeys(weights, 0.0)
-    size = cfg.optim.micro_batch
+    local = dict.fromkeys([*weights, *(("dpo_accuracy", "dpo_margin") if cfg.mode == "dpo" else ())], 0.0)
+    size = max(2, cfg.optim.micro_batch // 2 * 2) if cfg.mode == "dpo" else cfg.optim.micro_batch  # whole pairs
     chunks = [data.keep[i: i + size] for i in range(0, len(data.keep), size)]
     if policy.fsdp:  # FSDP: every rank runs as many forwards/backwards; gen-rs keeps unequal numbers of rows
         most = int(gather_floats(torch.tensor([float(len(chunks))]), world).max())
         chunks += [[] for _ in range(most - len(chunks))]
+    if cfg.mode == "dpo":
+        data.ref_logp = reference_logp(policy, data, chunks, cfg)
     for m, rows in enumerate(chunks):
         with policy.autocast():  # an empty chunk (padding) runs row 0 with a zero loss
-            terms = policy.call(micro_terms, policy, data, rows or [0], step, cfg)
+            terms = policy.call(micro_terms, policy, data, rows or [0, 1][:1 + (cfg.mode == "dpo")], step, cfg)
         # gradients are averaged over ranks, so each rank's share of the global mean is scaled by world
         loss = sum(weights[t] * terms[t].float() / max(counts[t], 1.0) for t in weights) * world
         if not rows:
@@ -198,12 +244,12 @@ def sft_update(policy: Policy, optimizer, data: SFTBatch, step: int, cfg: SFTCon
             raise TrainingError(f"step {step + 1}: loss is {float(loss)} (micro-batch {m}); training stopped; the "
                                 f"last good checkpoint is under {cfg.run.out}/checkpoints")
         loss.backward()
-        for t in weights:
-            local[t] += float(terms[t].detach()) / max(counts[t], 1.0) if rows else 0.0
+        for t in local:
+            local[t] += float(terms[t].detach()) / max(counts["dpo" if t.startswith("dpo") else t], 1.0) if rows else 0.0
     out["grad_norm"] = optimizer_step(policy, optimizer, lr, cfg.optim, world)
-    parts = gather_floats(torch.tensor([local[t] for t in weights]), world).view(world, -1).sum(0)
-    for t, value in zip(weights, parts.tolist(), strict=True):
-        out[f"loss/{t}"] = value
+    parts = gather_floats(torch.tensor(list(local.values())), world).view(world, -1).sum(0)
+    for t, value in zip(local, parts.tolist(), strict=True):
+        out[f"loss/{t}" if t in weights else t.replace("_", "/", 1)] = value
     out["loss/sft"] = sum(weights[t] * out[f"loss/{t}"] for t in weights)
     return out
 
@@ -221,10 +267,12 @@ def step_metrics(step: int, data: SFTBatch, update: dict[str, float], times: dic
 
 
 def distill_batch(kept, step: int, cfg: SFTConfig, rank: int, world: int) -> SFTBatch:
-    """This rank's rows of a distill step, as an SFTBatch of one row per kept image (no pixels needed)."""
+    """This rank's rows of a distill (dpo) step, as an SFTBatch of one row per kept image (per pair's image;
+    no pixels needed)."""
     from unirl_kit.training.distill_data import distill_rows
 
-    rows, offset = distill_rows(kept, step, cfg.prompts_per_step, cfg.run.seed, rank, world)
+    rows, offset = distill_rows(kept, step, cfg.prompts_per_step, cfg.run.seed, rank, world,
+                                unit=2 if cfg.mode == "dpo" else 1)
     tokens = torch.stack([r.tokens for r in rows])
     batch = GenerationBatch(images=[None] * len(rows), tokens=tokens, logprobs=torch.zeros(tokens.shape),
                             seeds=[0] * len(rows))
@@ -238,7 +286,7 @@ def train_step(policy: Policy, optimizer, reward, pool: list, step: int, cfg: SF
     """Steps 1-4 for one training step (distill: its batch, then step 4); returns its metrics row."""
     times = {}
     t0 = time.perf_counter()
-    if cfg.mode == "distill":  # the job hands distill its kept images as the pool
+    if cfg.mode in ("distill", "dpo"):  # the job hands them their kept images (pairs) as the pool
         data = distill_batch(pool, step, cfg, rank, world)
         times["select"] = time.perf_counter() - t0
         t0 = time.perf_counter()

@@ -15,8 +15,8 @@ def run_sft(cfg: SFTConfig, resume: bool = False) -> dict[str, Any]:
 
     return run_job(cfg, resume, check=check_sft, stamp={"config": "train sft", "mode": cfg.mode},
                    wants_rewards=cfg.mode == "gen-rs",  # distill's images were judged by `unirl score`
-                   keep_reference=False, train_step=train_step,
-                   load_pool=_kept_images if cfg.mode == "distill" else None)
+                   keep_reference=cfg.mode == "dpo", train_step=train_step,
+                   load_pool={"distill": _kept_images, "dpo": _pairs}.get(cfg.mode))
 
 
 def _kept_images(cfg: SFTConfig) -> list:
@@ -26,3 +26,12 @@ def _kept_images(cfg: SFTConfig) -> list:
     from unirl_kit.training.distill_data import load_kept
 
     return load_kept(Path(cfg.samples), cfg.keep_top, cfg.threshold)
+
+
+def _pairs(cfg: SFTConfig) -> list:
+    """DPO's data: each prompt's best and worst image by the judge."""
+    from pathlib import Path
+
+    from unirl_kit.training.distill_data import load_pairs
+
+    return load_pairs(Path(cfg.samples))

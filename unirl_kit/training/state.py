@@ -10,9 +10,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
 
-from unirl_kit.checkpoint import latest_checkpoint, read_state, save_checkpoint
+from unirl_kit.checkpoint import latest_readable, save_checkpoint
 from unirl_kit.types import InputError
 
 
@@ -43,15 +42,15 @@ def save_train_state(root: Path, step: int, weights: dict[str, torch.Tensor], op
 
 
 def load_train_state(root: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any] | None:
-    """Restore the latest checkpoint under `root` into model/optimizer/RNG; None when there is none.
+    """Restore the latest readable checkpoint under `root` (a torn newest one is skipped with a warning)
+    into model/optimizer/RNG; None when there is none.
     A model sharded with FSDP takes the same files: each rank keeps its shards of the full tensors."""
     from unirl_kit.training import fsdp
 
-    ckpt = latest_checkpoint(root)
-    if ckpt is None:
+    found = latest_readable(root)  # read whole first: a refused or torn checkpoint never touches the model
+    if found is None:
         return None
-    state = read_state(ckpt)  # first: a refused state.pt fails before the model is touched
-    weights = load_file(ckpt / "model.safetensors")
+    ckpt, state, weights = found
     params = dict(model.named_parameters())
     unknown = [k for k in weights if k not in params]
     if unknown:

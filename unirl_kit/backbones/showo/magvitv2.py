@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from unirl_kit.backbones.loading import check_finite_weights
 from unirl_kit.backbones.showo.magvitv2_blocks import Decoder, Encoder, LFQuantizer, lfq_codebook, lfq_powers
 from unirl_kit.types import InputError
 
@@ -208,6 +209,7 @@ def load_magvitv2(path: str | Path, device: str | torch.device = "cpu", dtype: t
         raise InputError(f"{folder}: no such folder; expected a MAGVIT-v2 tokenizer (config.json + weights)")
     config = MagvitV2Config.from_json(folder / "config.json")
     state = _read_state_dict(folder)
+    check_finite_weights(state, folder, ("model.safetensors", "pytorch_model.bin"))
     if strict:
         check_state_dict(state, config, str(folder))
         with torch.device("meta"):

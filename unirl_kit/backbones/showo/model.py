@@ -27,6 +27,7 @@ from torch import nn
 from transformers import PhiConfig, PhiForCausalLM
 from transformers.models.phi.modeling_phi import PhiRotaryEmbedding
 
+from unirl_kit.backbones.loading import check_finite_weights
 from unirl_kit.types import InputError
 
 # microsoft/phi-1_5 (the Show-o LLM); the official Show-o `PhiForCausalLM` forces qk_layernorm=True.
@@ -232,6 +233,7 @@ def load_showo(path: str | Path, device: str | torch.device = "cpu", dtype: torc
         raise InputError(f"{path / 'config.json'}: not valid JSON ({exc.msg})") from None
     config = ShowoConfig.from_dict(data, where=str(path / "config.json"))
     state = _read_weights(path)
+    check_finite_weights(state, path, WEIGHT_FILES)
     expected = expected_keys(config)
     error = _mismatch(path, state, expected, strict)
     if error:

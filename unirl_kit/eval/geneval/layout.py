@@ -10,7 +10,8 @@ from typing import Any
 from PIL import Image
 
 from unirl_kit.images import open_image
-from unirl_kit.prompts.schema import parse_spec, read_jsonl
+from unirl_kit.jsonl import read_jsonl, read_text
+from unirl_kit.prompts.schema import parse_spec
 from unirl_kit.types import InputError, PromptSpec
 
 _DIGITS = re.compile(r"^\d+$")
@@ -77,8 +78,8 @@ def write_prompt_folder(out: Path, index: int, metadata: dict[str, Any]) -> Path
     (folder / "samples").mkdir(parents=True, exist_ok=True)
     line = json.dumps(metadata) + "\n"
     meta = folder / "metadata.jsonl"
-    if meta.exists() and meta.read_text() != line:
-        raise InputError(f"{meta}: holds another prompt ({meta.read_text().strip()[:80]}...); "
+    if meta.exists() and (old := read_text(meta)) != line:
+        raise InputError(f"{meta}: holds another prompt ({old.strip()[:80]}...); "
                          "use another --out for another prompt set")
     if not meta.exists():
         tmp = meta.with_suffix(".tmp")

@@ -9,7 +9,6 @@ tag means the same way. Pure functions over `results.jsonl` rows: no I/O but `re
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -17,14 +16,17 @@ from typing import Any
 
 import numpy as np
 
+from unirl_kit.jsonl import iter_lines, parse_json
+from unirl_kit.types import InputError
+
 
 def read_results(path: Path) -> list[dict[str, Any]]:
     """The rows of a `results.jsonl` (torn or blank lines skipped)."""
     rows = []
-    for line in Path(path).read_text(encoding="utf-8").splitlines():
+    for _, line in iter_lines(Path(path)):
         try:
-            row = json.loads(line)
-        except ValueError:
+            row = parse_json(line, str(path))
+        except InputError:
             continue
         if isinstance(row, dict) and "tag" in row and "correct" in row:
             rows.append(row)

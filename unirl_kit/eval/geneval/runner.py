@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from unirl_kit.config import to_dict, write_run_info
+from unirl_kit.config import check_ranges, to_dict, write_run_info
 from unirl_kit.distributed import rank_and_world, wait_for_files
 from unirl_kit.eval.geneval import summary as summ
 from unirl_kit.eval.geneval.layout import ImageItem, load_image, scan_images
@@ -19,6 +19,7 @@ from unirl_kit.registry import registry
 from unirl_kit.types import InputError, PromptSpec, Verdict
 
 RESULTS = "results.jsonl"
+RESULT_FIELDS = {"filename": str, "tag": str, "correct": bool}  # what resuming and the summary read of a row
 
 
 @dataclass
@@ -134,8 +135,7 @@ def run_geneval(cfg: GenevalConfig) -> dict[str, Any]:
     """Score what is missing, merge, summarise; returns the summary."""
     if not cfg.images_dir or not cfg.out:
         raise InputError("eval geneval needs IMAGES_DIR and --out OUT_DIR")
-    if cfg.batch_size < 1:
-        raise InputError(f"batch_size must be >= 1, got {cfg.batch_size}")
+    check_ranges(cfg)
     images_dir, out = Path(cfg.images_dir), Path(cfg.out)
     items = scan_images(images_dir)
     detector, colors = build_judges(cfg)
@@ -145,16 +145,16 @@ def run_geneval(cfg: GenevalConfig) -> dict[str, Any]:
     rank, world = rank_and_world()
     _check_same_run(out, cfg)  # every rank, before anything is written
     lock_output(out)
+    key = lambda row: row["filename"]  # noqa: E731
+    merged = ResumableJsonl(out / RESULTS, key, RESULT_FIELDS)  # a damaged file fails before config.yaml is rewritten
     if rank == 0:
         write_run_info(out, cfg, "eval geneval")
-    key = lambda row: row["filename"]  # noqa: E731
-    merged = ResumableJsonl(out / RESULTS, key)
     if world == 1:
         for part in sorted(out.glob("results.rank*.jsonl")):  # left by an earlier sharded run
-            merged.append(ResumableJsonl(part, key).rows)
+            merged.append(ResumableJsonl(part, key, RESULT_FIELDS).rows)
         _score(items, merged, detector, colors, cfg, "geneval")
     else:
-        part = ResumableJsonl(out / f"results.rank{rank}.jsonl", key)
+        part = ResumableJsonl(out / f"results.rank{rank}.jsonl", key, RESULT_FIELDS)
         part.done |= merged.done
         _score(items[rank::world], part, detector, colors, cfg, f"geneval rank {rank}")
         (out / f"rank{rank}.done").touch()
@@ -162,7 +162,7 @@ def run_geneval(cfg: GenevalConfig) -> dict[str, Any]:
             return {}
         wait_for_files([out / f"rank{r}.done" for r in range(world)], cfg.rank_timeout_s, "the other ranks")
         for r in range(world):
-            merged.append(ResumableJsonl(out / f"results.rank{r}.jsonl", key).rows)
+            merged.append(ResumableJsonl(out / f"results.rank{r}.jsonl", key, RESULT_FIELDS).rows)
     order = {it.filename: i for i, it in enumerate(items)}
     rows = sorted((r for r in merged.rows if r["filename"] in order), key=lambda r: order[r["filename"]])
     if len(rows) != len(merged.rows) or [r["filename"] for r in merged.rows] != [r["filename"] for r in rows]:

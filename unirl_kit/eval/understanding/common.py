@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from unirl_kit.eval.geneval.layout import ImageItem, load_image, scan_images
-from unirl_kit.prompts.schema import read_jsonl
+from unirl_kit.jsonl import check_fields, read_jsonl
 from unirl_kit.types import InputError
 
 Progress = Callable[[str, int], Callable[[int], None]]  # (label, total) -> advance(n)
@@ -73,14 +73,14 @@ def judged_images(images_dir: str | None, geneval_results: str | None, need: str
     items = scan_images(Path(images_dir))
     path = results_path(geneval_results)
     by_rel: dict[str, tuple[int, dict]] = {}
+    from unirl_kit.eval.geneval.runner import RESULT_FIELDS
+
     for lineno, row in read_jsonl(path):
-        where = f"{path}:{lineno}"
-        if not isinstance(row, dict):
-            raise InputError(f"{where}: expected a JSON object (a GenEval results row)")
-        for key in ("filename", "tag", "correct"):
-            if key not in row:
-                raise InputError(f"{where}: field {key!r} missing; expected rows of `unirl eval geneval`")
-        by_rel[_rel(str(row["filename"]))] = (lineno, row)
+        try:
+            check_fields(row, RESULT_FIELDS, f"{path}:{lineno}")
+        except InputError as exc:
+            raise InputError(f"{exc}; expected rows of `unirl eval geneval`") from None
+        by_rel[_rel(row["filename"])] = (lineno, row)
     out = []
     for item in items:
         if item.rel not in by_rel:

@@ -90,8 +90,6 @@ def _plan_clean(cfg: Any) -> Task:
 
     if cfg.world != "shapes":
         raise InputError(f"world: clean renders exist for the shapes world only, not {cfg.world!r}")
-    if cfg.per_tag < 1:
-        raise InputError(f"per_tag: must be at least 1, got {cfg.per_tag}")
 
     def task(bb: Any, ctx: Context) -> dict[str, Any]:
         result = clean_render_accuracy(bb, cfg.per_tag, cfg.seed, cfg.world, ctx.batch_size, ctx.max_new_tokens,

@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from unirl_kit.config import to_dict, write_run_info
+from unirl_kit.config import check_ranges, to_dict, write_run_info
 from unirl_kit.eval.understanding.common import results_path
 from unirl_kit.eval.understanding.protocols import Context, plan
-from unirl_kit.jsonl import write_atomic
+from unirl_kit.jsonl import read_json, write_atomic
 from unirl_kit.locking import holds_output_locks, lock_output
 from unirl_kit.types import InputError
 
@@ -109,9 +109,11 @@ def _finished(out: Path, name: str, fp: dict[str, Any]) -> dict[str, Any] | None
     if not path.is_file():
         return None
     try:
-        saved = json.loads(path.read_text())
-    except json.JSONDecodeError:
+        saved = read_json(path)
+    except InputError:
         return None  # torn by a kill (writes are atomic, so only by hand): run it again
+    if not isinstance(saved, dict) or not isinstance(saved.get("fingerprint", {}), dict):
+        return None
     for key, value in fp.items():
         old = saved.get("fingerprint", {}).get(key)
         if old != value:
@@ -123,9 +125,7 @@ def _finished(out: Path, name: str, fp: dict[str, Any]) -> dict[str, Any] | None
 def _check(cfg: UnderstandingConfig) -> None:
     if not cfg.out:
         raise InputError("eval understanding needs --out DIR")
-    for key in ("batch_size", "max_new_tokens"):
-        if getattr(cfg, key) < 1:
-            raise InputError(f"{key}: must be at least 1, got {getattr(cfg, key)}")
+    check_ranges(cfg)
 
 
 def _progress(enabled: bool) -> tuple[Any, Any]:
@@ -161,7 +161,6 @@ def run_understanding(cfg: UnderstandingConfig, backbone: Any = None) -> dict[st
     fps = {name: fingerprint(cfg, name, stamp) for name in tasks}
     results = {name: _finished(out, name, fps[name]) for name in tasks}
     lock_output(out)
-    write_run_info(out, cfg, "eval understanding")
     todo = [name for name in tasks if results[name] is None]
     bar, start = _progress(cfg.progress)
     ctx = Context(cfg.batch_size, cfg.max_new_tokens, start)
@@ -178,6 +177,9 @@ def run_understanding(cfg: UnderstandingConfig, backbone: Any = None) -> dict[st
             write_atomic(out / f"protocol_{name}.json", json.dumps(results[name]) + "\n")
     from unirl_kit.eval.understanding.report import to_markdown
 
+    # Written with the summary it describes, not before: resuming goes by each protocol's fingerprint,
+    # and a run that fails (a bad VQA image, a bad model) leaves the folder's config.yaml as it was.
+    write_run_info(out, cfg, "eval understanding")
     summary = {"backbone": cfg.backbone, "model": cfg.model, "protocols": {n: results[n]["metrics"] for n in tasks},
                "seconds": {n: results[n].get("seconds") for n in tasks}}
     write_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from unirl_kit.eval.understanding.common import LazyImages, mean
+from unirl_kit.jsonl import read_jsonl
 from unirl_kit.prompts.answers import normalize
-from unirl_kit.prompts.schema import read_jsonl
 from unirl_kit.types import InputError
 
 UNTYPED = "all"

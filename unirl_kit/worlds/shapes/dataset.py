@@ -8,12 +8,12 @@ from pathlib import Path
 
 import numpy as np
 
-from unirl_kit.config import write_run_info
+from unirl_kit.config import check_ranges, write_run_info
 from unirl_kit.eval.geneval.layout import image_rel, save_png_atomic, write_prompt_folder
 from unirl_kit.locking import holds_output_locks, lock_output
 from unirl_kit.prompts.schema import read_prompts
 from unirl_kit.types import InputError, PromptSpec
-from unirl_kit.worlds.shapes.render import check_in_world, error_applies, render_scene
+from unirl_kit.worlds.shapes.render import RENDER_ERRORS, check_in_world, error_applies, render_scene
 from unirl_kit.worlds.shapes.vocab import IMAGE_SIZE
 
 
@@ -60,7 +60,12 @@ def render_prompt_set(specs: list[PromptSpec], out: Path, images_per_prompt: int
 def run_render(cfg: RenderConfig) -> int:
     if not cfg.prompts or not cfg.out:
         raise InputError("render needs PROMPTS.jsonl and --out DIR")
+    check_ranges(cfg)
+    if cfg.error is not None and cfg.error not in RENDER_ERRORS:
+        raise InputError(f"--error {cfg.error!r}: expected one of {', '.join(RENDER_ERRORS)}")
     specs = read_prompts(Path(cfg.prompts))
+    if not specs:
+        raise InputError(f"{cfg.prompts}: no prompts (the file is empty); give a `unirl prompts` JSONL")
     lock_output(Path(cfg.out))
     drawn = render_prompt_set(specs, Path(cfg.out), cfg.images_per_prompt, cfg.seed, cfg.size, cfg.error)
     write_run_info(Path(cfg.out), cfg, "render")

@@ -68,6 +68,9 @@ def _plan(spec: PromptSpec, rng: np.random.Generator, error: str | None) -> tupl
     return objects, relations
 
 
+RENDER_ERRORS = ("count", "color", "relation", "missing")  # the controlled errors `error_applies` knows
+
+
 def error_applies(spec: PromptSpec, error: str) -> bool:
     if error == "count":
         return bool(spec.exclude) or spec.tag == "counting"

@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image
 
 from unirl_kit.images import check_pixels, open_image
-from unirl_kit.prompts.schema import read_jsonl
+from unirl_kit.jsonl import read_jsonl
 from unirl_kit.types import Detection, InputError
 
 
