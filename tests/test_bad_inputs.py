@@ -700,7 +700,12 @@ MODEL_FAULTS: dict[str, tuple[Callable[[Ctx], Path], str]] = {
     "truncated-weights": (lambda c: _damaged_weights(c, None), "not a readable safetensors file"),
     "empty-weights": (lambda c: _damaged_weights(c, b""), "not a readable safetensors file"),
     "no-weights": (lambda c: _without_file(c, "model.safetensors"), "missing model.safetensors"),
-    "config-not-json": (lambda c: _damaged_file(c, "config.json", b"{model_type: janus"), "config.json: not valid JSON"),
+    "config-not-json": (lambda c: _damaged_file(c, "config.json", b"{model_type: janus"), "config.json: malformed JSON"),
+    "config-not-utf8": (lambda c: _damaged_file(c, "config.json", b'{"model_type": "jan\xffus"}'),
+                        "config.json:1: not UTF-8"),
+    "config-not-object": (lambda c: _damaged_file(c, "config.json", b'["janus"]'), "config.json: not a JSON object"),
+    "index-not-utf8": (lambda c: _damaged_file(c, "model.safetensors.index.json", b'{"weight_map": "\xff"}'),
+                       "model.safetensors.index.json:1: not UTF-8"),
     "config-other-model": (lambda c: _damaged_file(c, "config.json", b'{"model_type": "llama"}'),
                            "model_type is 'llama'"),
 }

@@ -210,6 +210,40 @@ def test_precomputed_mask_paths_stay_in_the_file_folder(tmp_path: Path, where: s
     assert text.startswith(f"{path}:2 detections[0]: mask path {mask!r}") and "outside" in text
 
 
+def test_precomputed_masks_are_decoded_only_when_their_image_is_detected(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Reading a file of many masked images decodes none of them (memory would grow with the file);
+    detecting one image decodes that image's masks only, and gives them as before."""
+    import unirl_kit.eval.geneval.detectors.precomputed as precomputed
+
+    decoded: list[str] = []
+    real_rle, real_open = precomputed.decode_rle, precomputed.open_image
+    monkeypatch.setattr(precomputed, "decode_rle", lambda rle, where="": decoded.append(where) or real_rle(rle, where))
+    monkeypatch.setattr(precomputed, "open_image", lambda *a, **k: decoded.append(a[1]) or real_open(*a, **k))
+    small_png(tmp_path / "masks" / "m.png", (6, 4), mode="L")
+    rle = {"size": [4, 6], "counts": [3, 18, 3]}
+    lines = [{"filename": f"{i:05d}/samples/0000.png", "detections": [
+        {"class": "cat", "box": [0, 0, 5, 5], "score": 0.9, "mask": rle},
+        {"class": "dog", "box": [0, 0, 5, 5], "score": 0.8, "mask": "masks/m.png"}]} for i in range(300)]
+    path = tmp_path / "det.jsonl"
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    detector = PrecomputedDetector(str(path))
+    assert decoded == []
+    (dets,) = detector.detect([Image.new("RGB", (6, 4))], ["00007/samples/0000.png"])
+    assert len(decoded) == 2 and all(f"{path}:8 detections" in w for w in decoded)
+    assert dets[0].mask.sum() == 18 and np.all(dets[1].mask)
+    assert detector._by_file["00008/samples/0000.png"][0].det.mask is None  # nothing kept once detected
+
+
+def test_precomputed_bad_rle_counts_fail_when_the_file_is_read(tmp_path: Path) -> None:
+    """Checked up front without decoding: a bad file still fails before any work."""
+    for counts, says in (([3, -1, 22], "non-negative integers"), ([3, 1.5], "non-negative integers"),
+                         ("0", "counts add up to"), ("P", "string index out of range")):
+        path = _detections(tmp_path / "det.jsonl", {"size": [4, 6], "counts": counts})
+        with pytest.raises(InputError, match=rf"{path}:2 detections\[0\]: bad RLE mask.*{says}"):
+            PrecomputedDetector(str(path))
+
+
 def test_precomputed_mask_paths_inside_are_read(tmp_path: Path) -> None:
     small_png(tmp_path / "masks" / "m.png", (6, 4), mode="L")
     path = _detections(tmp_path / "det.jsonl", "masks/../masks/m.png")

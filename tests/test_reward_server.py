@@ -533,3 +533,34 @@ def test_fifty_concurrent_clients_are_all_answered(serve) -> None:
     for t in threads:
         t.join()
     assert statuses == [200] * 50
+
+
+def test_connection_threads_are_capped_and_the_rest_get_503(serve, monkeypatch) -> None:
+    """Silent clients hold every connection thread: the next connection is answered 503 in JSON from the
+    accept loop (no new thread), and once they leave the server answers again."""
+    import unirl_kit.rewards.server as server_mod
+
+    monkeypatch.setattr(server_mod, "_THREAD_WAIT_S", 0.2)
+    server = serve("test-pixels", max_threads=2)
+    host, port = server.server_address[:2]
+    silent = [socket.create_connection((host, port), timeout=10) for _ in range(2)]
+    try:
+        time.sleep(0.3)  # both accepted, their threads waiting on a request line
+        before = threading.active_count()
+        status, body = raw_exchange(server, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert status == 503 and body["error"] == "server busy: 2 connections already open; retry later"
+        status, body = post_raw(server, dumps(encode_samples("test-pixels", make_samples(1))))
+        assert status == 503 and "busy" in body["error"]
+        assert threading.active_count() == before
+    finally:
+        for sock in silent:
+            sock.close()
+    deadline = time.monotonic() + 5
+    status, body = 503, {}
+    while status == 503 and time.monotonic() < deadline:  # until the silent clients' threads have ended
+        status, body = raw_exchange(server, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert status == 200 and body == {"ok": True, "reward": "test-pixels"}
+
+
+def test_the_default_cap_is_64_threads(serve) -> None:
+    assert serve("test-pixels").max_threads == 64

@@ -42,6 +42,7 @@ from unirl_kit.backbones.loading import (
     check_finite_weights,
     check_model_dir,
     check_tensor_names,
+    check_tensor_shapes,
     is_hub_id,
     quiet_transformers,
     resolve_device,
@@ -76,10 +77,12 @@ class JanusBackbone:
         try:
             with quiet_transformers():  # its load report would print a table before our one-line error
                 model, info = JanusForConditionalGeneration.from_pretrained(
-                    source, dtype=resolve_dtype(dtype, dev), use_safetensors=True, output_loading_info=True)
+                    source, dtype=resolve_dtype(dtype, dev), use_safetensors=True, output_loading_info=True,
+                    ignore_mismatched_sizes=True)  # refused below in one line, not transformers' report
             self.processor = JanusProcessor.from_pretrained(source)
         except OSError as exc:  # a hub id with no network, or a folder transformers cannot read
             raise InputError(f"--model {source}: cannot load ({str(exc).splitlines()[0]}); {_HINT}") from None
+        check_tensor_shapes(Path(source), info.get("mismatched_keys", ()))
         check_tensor_names(Path(source), info["missing_keys"], info["unexpected_keys"])
         self.model = model.to(dev).eval()
         check_finite_weights(self.model.state_dict(), Path(source))

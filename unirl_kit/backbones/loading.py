@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from unirl_kit.jsonl import read_json
 from unirl_kit.types import InputError
 
 # Each entry: what a checkpoint needs, as alternatives (any one of them will do).
@@ -40,10 +41,10 @@ def missing_files(path: Path) -> list[str]:
     missing = [" or ".join(alts) for alts in REQUIRED_FILES.values() if not any((path / a).is_file() for a in alts)]
     index = path / "model.safetensors.index.json"
     if index.is_file():
-        try:
-            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        except (json.JSONDecodeError, KeyError):
-            raise InputError(f"{index}: not a valid safetensors index (no weight_map); re-save the model") from None
+        weight_map = read_json(index)  # not UTF-8 or malformed: one line naming the index
+        if not isinstance(weight_map, dict) or not isinstance(weight_map.get("weight_map"), dict):
+            raise InputError(f"{index}: not a valid safetensors index (no weight_map); re-save the model")
+        shards = sorted({str(s) for s in weight_map["weight_map"].values()})
         missing += [s for s in shards if not (path / s).is_file()]
     return missing
 
@@ -58,10 +59,10 @@ def check_model_dir(path: Path, model_type: str, hint: str) -> None:
         bin_note = " (found PyTorch .bin weights: re-save with safetensors)" if any(path.glob("*.bin")) else ""
         raise InputError(f"--model {path}: incomplete checkpoint, missing {', '.join(missing)}{bin_note}; "
                          "expected a folder written by save_pretrained (model + processor)")
-    try:
-        found = json.loads((path / "config.json").read_text()).get("model_type")
-    except json.JSONDecodeError as exc:
-        raise InputError(f"{path / 'config.json'}: not valid JSON ({exc.msg}); re-save the model") from None
+    config = read_json(path / "config.json")  # not UTF-8, malformed, too deep: one line naming the file
+    if not isinstance(config, dict):
+        raise InputError(f"{path / 'config.json'}: not a JSON object; expected a model config (re-save the model)")
+    found = config.get("model_type")
     if found != model_type:
         raise InputError(f"{path / 'config.json'}: model_type is {found!r}, not {model_type!r}; {hint}")
 
@@ -124,6 +125,19 @@ def check_tensor_names(folder: Path, missing: Iterable[str], unexpected: Iterabl
             more = f" (and {len(names) - 1} more)" if len(names) > 1 else ""
             raise InputError(f"{folder}: the weights {what.format(repr(names[0]) + more)}; the folder holds another "
                              "or a damaged model (re-export or re-download it)")
+
+
+def check_tensor_shapes(folder: Path, mismatched: Iterable[tuple[str, Any, Any]]) -> None:
+    """A tensor of the wrong shape means another model or a damaged file; transformers would print a
+    multi-line report and raise, or (with ignore_mismatched_sizes) randomly initialise it: one line instead.
+    `mismatched` holds (name, shape in the folder, shape the model expects), as transformers reports it."""
+    rows = sorted(mismatched, key=lambda row: row[0])
+    if rows:
+        name, found, expected = rows[0]
+        more = f" (and {len(rows) - 1} more)" if len(rows) > 1 else ""
+        raise InputError(f"{folder}: the weights hold tensor {name!r}{more} with shape {list(found)}, but the model "
+                         f"expects {list(expected)}; the folder holds another or a damaged model (re-export or "
+                         "re-download it)")
 
 
 def resolve_device(device: str) -> torch.device:

@@ -33,6 +33,8 @@ MAX_REQUEST_BYTES = 32 * 2**20
 MAX_REQUEST_PIXELS = 32 * 2**20  # 32 images of 1024x1024: 100 MB of RGB per request
 MAX_ACTIVE = 2  # one batch scored while the next is read and decoded; more only adds memory
 LISTEN_BACKLOG = 128  # http.server's 5 reset 12-35 of 200 connections at 50 concurrent clients
+MAX_THREADS = 64  # live connection threads: each holds a stack and may wait on a silent client for 60 s
+_THREAD_WAIT_S = 5.0  # a connection over MAX_THREADS waits this long in the accept loop, then gets a 503
 _QUEUE_WAIT_S = 50.0  # below the client's default 60 s timeout, so it reads a 503 (and retries)
 _BODY_DEADLINE_S = 120.0  # a client trickling its body must not hold a slot for long
 _DRAIN_BYTES = 2**30  # a refused body up to this is read and dropped, so the client reads the reply
@@ -47,7 +49,8 @@ class RewardServer(ThreadingHTTPServer):
     request_queue_size = LISTEN_BACKLOG
 
     def __init__(self, address: tuple[str, int], name: str, reward: Reward, max_request_bytes: int,
-                 log_requests: bool, max_active: int = MAX_ACTIVE, max_request_pixels: int = MAX_REQUEST_PIXELS) -> None:
+                 log_requests: bool, max_active: int = MAX_ACTIVE, max_request_pixels: int = MAX_REQUEST_PIXELS,
+                 max_threads: int = MAX_THREADS) -> None:
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
         super().__init__(address, _Handler)
@@ -58,6 +61,30 @@ class RewardServer(ThreadingHTTPServer):
         self.log_requests = log_requests
         self.lock = threading.Lock()
         self.slots = threading.BoundedSemaphore(max_active)
+        self.max_threads = max_threads
+        self.threads = threading.BoundedSemaphore(max_threads)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """One thread per connection, at most max_threads alive: ThreadingHTTPServer has no cap, so a
+        flood of (or silent) clients would grow threads and their stacks without bound. Over the cap a
+        connection waits briefly here (the listen backlog holds the next ones), then is answered 503."""
+        if not self.threads.acquire(timeout=_THREAD_WAIT_S):
+            _answer_busy(request, f"server busy: {self.max_threads} connections already open; "
+                                  "retry later")
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:  # no thread started, so none will release the slot
+            self.threads.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        """The connection's thread; its slot is freed however the exchange ends."""
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.threads.release()
 
     @property
     def url(self) -> str:
@@ -70,6 +97,27 @@ class RewardServer(ThreadingHTTPServer):
         if isinstance(sys.exc_info()[1], ConnectionError | TimeoutError):
             return
         super().handle_error(request, client_address)
+
+
+def _answer_busy(request: socket.socket, message: str) -> None:
+    """A 503 in JSON written from the accept loop (no handler thread is free): a short send, then what the
+    client already sent is read for at most 0.5 s, so closing does not reset the connection before the client
+    reads the reply. A client that is gone is not our error."""
+    body = dumps({"error": _one_line(message)})
+    head = (f"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: {len(body)}"
+            "\r\nConnection: close\r\n\r\n")
+    try:
+        request.settimeout(0.2)
+        request.sendall(head.encode() + body)
+        request.shutdown(socket.SHUT_WR)
+        deadline, drained = time.monotonic() + 0.5, 0
+        while time.monotonic() < deadline and drained < 4 * _CHUNK:  # the accept loop is held only briefly
+            data = request.recv(65536)
+            if not data:
+                break
+            drained += len(data)
+    except OSError:
+        pass
 
 
 def _one_line(message: str) -> str:
@@ -247,7 +295,7 @@ def is_loopback(host: str) -> bool:
 def make_reward_server(reward_name: str, options: dict[str, Any] | None = None, host: str = "127.0.0.1",
                        port: int = 8000, backbone: Any = None, max_request_bytes: int = MAX_REQUEST_BYTES,
                        log_requests: bool = True, max_active: int = MAX_ACTIVE,
-                       max_request_pixels: int = MAX_REQUEST_PIXELS) -> RewardServer:
+                       max_request_pixels: int = MAX_REQUEST_PIXELS, max_threads: int = MAX_THREADS) -> RewardServer:
     """Build the reward (failing fast on bad options) and bind; port 0 picks a free port."""
     if ":" in reward_name:
         raise InputError(f"--reward {reward_name!r}: give the reward's name only; weights belong to the client")
@@ -255,7 +303,7 @@ def make_reward_server(reward_name: str, options: dict[str, Any] | None = None, 
     name, _, reward = composed.parts[0]
     try:
         server = RewardServer((host, port), name, reward, max_request_bytes, log_requests, max_active,
-                              max_request_pixels)
+                              max_request_pixels, max_threads)
     except OSError as exc:
         raise InputError(f"cannot listen on {host}:{port} ({exc.strerror or exc}); pick another --host/--port") from None
     if not is_loopback(host):  # once it listens: a host it cannot bind gets the one error line alone

@@ -4,11 +4,16 @@ One line per image: {"filename": "<path relative to IMAGES_DIR>", "detections": 
 "box": [x1, y1, x2, y2], "score": float, "color": str?, "mask": <RLE or PNG path>?}]}. RLE is COCO's,
 compressed string or uncompressed list, column-major; a PNG path is relative to the detections file
 and must stay inside its folder.
+
+Masks are checked when the file is read (RLE sizes and counts, PNG headers and paths), so a bad file
+fails before any work, but decoded only when their image is detected: a file of many images with
+image-sized masks would otherwise hold every decoded mask in memory at once.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -76,7 +81,63 @@ def _mask_path(base: Path, mask: str, where: str) -> Path:
     return path
 
 
-def _parse_detection(obj: Any, where: str, base: Path) -> Detection:
+@dataclass(frozen=True)
+class _Entry:
+    """One detection as read: its mask kept as the RLE object or PNG path, decoded when needed."""
+
+    det: Detection  # without its mask
+    mask: dict[str, Any] | Path | None
+    where: str
+
+    def load(self) -> Detection:
+        """The detection with its mask decoded (an HxW bool array), read now and not kept."""
+        if isinstance(self.mask, Path):
+            mask = np.asarray(open_image(self.mask, f"{self.where}: mask PNG {self.mask}", mode="L")) > 127
+        elif isinstance(self.mask, dict):
+            try:
+                mask = decode_rle(self.mask, f"{self.where}: RLE mask")
+            except InputError:
+                raise
+            except (KeyError, TypeError, ValueError, IndexError) as exc:
+                raise InputError(f"{self.where}: bad RLE mask ({exc})") from None
+        else:
+            return self.det
+        return replace(self.det, mask=mask)
+
+
+def _check_rle(rle: dict[str, Any], where: str) -> None:
+    """An RLE mask checked without allocating it: a size within the pixel limit, counts (decoded from
+    the compact string if need be) of non-negative integers adding up to height x width."""
+    try:
+        h, w = (int(v) for v in rle["size"])
+        check_pixels(w, h, f"{where}: RLE mask")
+        counts = rle["counts"]
+        counts = _counts_from_string(counts) if isinstance(counts, str) else counts
+        if not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in counts):
+            raise ValueError("counts must be non-negative integers")
+    except InputError:
+        raise
+    except (KeyError, TypeError, ValueError, IndexError) as exc:
+        raise InputError(f"{where}: bad RLE mask ({exc})") from None
+    if sum(counts) != h * w:
+        raise InputError(f"{where}: bad RLE mask (RLE counts add up to {sum(counts)}, expected {h}x{w}={h * w})")
+
+
+def _check_png_header(path: Path, label: str) -> None:
+    """A mask PNG's size held to the pixel limit from its header alone (no pixel is decoded)."""
+    try:
+        with Image.open(path) as img:
+            check_pixels(img.width, img.height, label)
+    except InputError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise InputError(f"{label}: image too large to decode ({exc}); shrink it") from None
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise InputError(f"{label}: unreadable image ({type(exc).__name__}: {exc}); regenerate or replace it") from None
+
+
+def _parse_detection(obj: Any, where: str, base: Path) -> _Entry:
+    """One detection checked in full; its mask left undecoded (see `_Entry.load`)."""
     if not isinstance(obj, dict):
         raise InputError(f"{where}: expected a detection object, got {obj!r}")
     cls, box, score = obj.get("class"), obj.get("box"), obj.get("score")
@@ -88,19 +149,14 @@ def _parse_detection(obj: Any, where: str, base: Path) -> Detection:
         raise InputError(f"{where}: 'score' must be a number, got {score!r}")
     mask = obj.get("mask")
     if isinstance(mask, str):
-        path = _mask_path(base, mask, where)
-        mask = np.asarray(open_image(path, f"{where}: mask PNG {path}", mode="L")) > 127
+        mask = _mask_path(base, mask, where)
+        _check_png_header(mask, f"{where}: mask PNG {mask}")
     elif isinstance(mask, dict):
-        try:
-            mask = decode_rle(mask, f"{where}: RLE mask")
-        except InputError:
-            raise
-        except (KeyError, TypeError, ValueError) as exc:
-            raise InputError(f"{where}: bad RLE mask ({exc})") from None
+        _check_rle(mask, where)
     elif mask is not None:
         raise InputError(f"{where}: 'mask' must be an RLE object or a PNG path")
     color = obj.get("color")
-    return Detection(cls, tuple(float(v) for v in box), float(score), mask, color)
+    return _Entry(Detection(cls, tuple(float(v) for v in box), float(score), None, color), mask, where)
 
 
 class PrecomputedDetector:
@@ -111,7 +167,7 @@ class PrecomputedDetector:
 
     def __init__(self, path: str):
         self.path = Path(path)
-        self._by_file: dict[str, list[Detection]] = {}
+        self._by_file: dict[str, list[_Entry]] = {}
         for lineno, obj in read_jsonl(self.path):
             where = f"{self.path}:{lineno}"
             if not isinstance(obj, dict) or not isinstance(obj.get("filename"), str):
@@ -138,9 +194,10 @@ class PrecomputedDetector:
             )
 
     def detect(self, images: Sequence[Image.Image], filenames: Sequence[str]) -> list[list[Detection]]:
+        """The detections of these images, their masks decoded now (only this batch's are in memory)."""
         out = []
         for img, name in zip(images, filenames, strict=True):
-            dets = self._by_file[Path(name).as_posix()]
+            dets = [entry.load() for entry in self._by_file[Path(name).as_posix()]]
             for d in dets:
                 if d.mask is not None and d.mask.shape != (img.height, img.width):
                     raise InputError(f"{self.path}: mask of a {d.cls!r} in {name} is {d.mask.shape}, image is "
