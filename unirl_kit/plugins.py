@@ -49,7 +49,7 @@ REGISTRIES["backbones"].register(
 )
 REGISTRIES["rewards"].register(
     "remote", "unirl_kit.rewards.remote:RemoteReward",
-    description="scores through a reward server (`unirl serve reward`) in another env or machine; remote.url=...",
+    description="scores through a reward server (`unirl serve reward`) in another env or machine; reward_options.remote.url=...",
 )
 REGISTRIES["rewards"].register(
     "self-qa", "unirl_kit.rewards.self_qa:SelfQAReward",

@@ -42,6 +42,22 @@ def load_target(target: str) -> Any:
     return obj
 
 
+def is_target(name: str) -> bool:
+    """Whether a plugin name is a lazy "package.module:object" target (dotted identifiers either side)."""
+    module, sep, attr = name.partition(":")
+    return bool(sep) and all(p.isidentifier() for p in module.split(".")) and all(
+        p.isidentifier() for p in attr.split("."))
+
+
+def _load_named_target(group: str, target: str) -> Any:
+    """A "module:object" given where a plugin name goes (`--reward my_pkg.rewards:fn`), imported now."""
+    try:
+        return load_target(target)
+    except (ImportError, AttributeError) as exc:
+        raise UnknownPluginError(f"{group}: cannot load {target!r} ({type(exc).__name__}: {exc}); the module must "
+                                 "be importable (installed, or its folder on PYTHONPATH)") from None
+
+
 def _first_doc_line(obj: Any) -> str:
     doc = getattr(obj, "__doc__", None) or ""
     return doc.strip().splitlines()[0] if doc.strip() else ""
@@ -95,6 +111,8 @@ class Registry:
     def get(self, name: str) -> Any:
         """The plugin object (class or factory), importing it on first use."""
         self._load_entry_points()
+        if name not in self._entries and is_target(name):
+            return _load_named_target(self.group, name)
         if name not in self._entries:
             close = difflib.get_close_matches(name, list(self._entries), n=3, cutoff=0.5)
             hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""

@@ -13,7 +13,7 @@ def score(
     samples_dir: str | None = typer.Argument(None, metavar="SAMPLES_DIR", show_default=False),
     reward: list[str] | None = typer.Option(
         None, "--reward", "-r", show_default=False,
-        help="NAME or NAME:WEIGHT, repeatable (default: self-qa); see `unirl plugins`"),
+        help="NAME, NAME:WEIGHT or module:function[:WEIGHT], repeatable (default: self-qa); see `unirl plugins`"),
     backbone: str | None = typer.Option(None, help="backbone for rewards that need one (default: tiny-shapes)"),
     model: str | None = typer.Option(None, help="model folder or hub id (default: the backbone's own)"),
     out: Path | None = typer.Option(None, help="scores file (default: SAMPLES_DIR/scores.jsonl)"),
