@@ -13,10 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import typer
-from typer.testing import CliRunner
+from test_score_cmd import cli  # the in-process `unirl score`: the functions registered here are seen
 
-from unirl_kit.cli import score_cmd
 from unirl_kit.eval.geneval.layout import write_prompt_folder
 from unirl_kit.generation.outputs import write_prompt_outputs
 from unirl_kit.prompts.generate import get_world, sample_prompt
@@ -154,17 +152,6 @@ def test_the_contract_is_enforced_with_one_line(monkeypatch, mode, words):
 
 # --------------------------------------------------------------------------------------------
 # through `unirl score`
-
-
-def cli(*args: object):
-    app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
-
-    @app.callback()
-    def main() -> None:
-        """A root with one subcommand, as in `unirl`."""
-
-    score_cmd.register(app)
-    return CliRunner().invoke(app, [str(a) for a in args], env={"NO_COLOR": "1", "COLUMNS": "200"})
 
 
 def test_score_with_a_registered_function_and_a_target(samples, tmp_path, reward_module):
