@@ -64,6 +64,18 @@ def test_loop_settings_fail_early(small_janus, tmp_path):
         run_loop(_cfg(small_janus, tmp_path / "bad", "train=ppo"))
     with pytest.raises(InputError, match="rounds"):
         run_loop(_cfg(small_janus, tmp_path / "bad2", "rounds=-1"))
+    with pytest.raises(InputError, match="world coco needs a real detector"):
+        run_loop(_cfg(small_janus, tmp_path / "bad3", "world=coco"))
+    with pytest.raises(InputError, match=r"detector_options\.model"):  # before round 0's images, not after
+        run_loop(_cfg(small_janus, tmp_path / "bad4", "detector=mask2former"))
+    assert not (tmp_path / "bad4" / "round-000").exists()
+
+
+def test_a_detector_without_its_required_option_is_one_line(unirl_cli, tiny_geneval_dir, tmp_path):
+    result = unirl_cli("eval", "geneval", tiny_geneval_dir, "--out", tmp_path / "ev", "--detector", "mask2former",
+                       check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip() == "error: detectors.mask2former: needs option 'model' (give detector_options.model=...)"
 
 
 @pytest.mark.parametrize("name", ["janus_pro_1b", "janus_pro_7b"])
@@ -76,7 +88,7 @@ def test_gpu_loop_configs_run_with_a_tiny_random_janus(small_janus, tmp_path, na
 
     root = Path(__file__).resolve().parents[1]
     cfg = load_config(LoopConfig, root / "configs" / "loop" / f"{name}.yaml", {}, [
-        f"backbone.model={small_janus}", "backbone.device=cpu", f"out={tmp_path / name}", "rounds=1", "world=shapes",
+        f"backbone.model={small_janus}", "backbone.device=cpu", f"out={tmp_path / name}", "rounds=1", "world=shapes", "detector=shapes",
         "n_train=6", "n_eval=2", "eval_group_size=2", "understanding=[geneval_correct,imbalance]", "progress=false",
         f"grpo_config={root / 'configs/grpo/janus_pro_1b.yaml'}", f"sft_config={root / 'configs/sft/janus_pro_1b.yaml'}"])
     tiny = ["run.steps=1", "prompts_per_step=2", "group_size=2", "optim.micro_batch=4", "run.tensorboard=false"]

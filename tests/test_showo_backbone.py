@@ -166,7 +166,7 @@ def test_the_show_o_loop_config_runs_with_a_tiny_random_show_o(showo_dir, tmp_pa
     root = Path(__file__).resolve().parents[1]
     cfg = load_config(LoopConfig, root / "configs" / "loop" / "showo_512.yaml", {}, [
         f"backbone.model={showo_dir}", "backbone.device=cpu", "backbone.options={timesteps: 3}", f"out={tmp_path}",
-        "rounds=1", "world=shapes", "n_train=4", "n_eval=2", "eval_group_size=2", "progress=false",
+        "rounds=1", "world=shapes", "detector=shapes", "n_train=4", "n_eval=2", "eval_group_size=2", "progress=false",
         f"grpo_config={root / 'configs/grpo/showo_512.yaml'}", f"sft_config={root / 'configs/sft/showo_512.yaml'}"])
     tiny = ["run.steps=1", "prompts_per_step=2", "run.tensorboard=false", "backbone.gradient_checkpointing=false"]
     cfg.grpo_overrides, cfg.sft_overrides = tiny, tiny

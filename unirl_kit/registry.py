@@ -135,6 +135,10 @@ class Registry:
 
         factory = self.get(name)
         typed = check_call_options(factory, options, where=f"{self.group}.{name}")
+        missing = required_options(factory, typed)
+        if missing:
+            prefix = _OPTION_PREFIX.get(self.group, f"{self.group}_options")
+            raise InputError(f"{self.group}.{name}: needs option {missing[0]!r} (give {prefix}.{missing[0]}=...)")
         try:
             return factory(**typed)
         except SafetensorError as exc:  # garbage, truncated or empty weights, however deep the loader reads them
@@ -178,3 +182,19 @@ def registry(group: str) -> Registry:
 def register(group: str, name: str, target: Any = None, *, description: str = "") -> Any:
     """Module-level shortcut: `@register("detectors", "mine")`."""
     return REGISTRIES[group].register(name, target, description=description)
+
+
+_OPTION_PREFIX = {"detectors": "detector_options", "color_classifiers": "color_options",
+                  "backbones": "backbone_options"}  # how a user spells a plugin's options in overrides
+
+
+def required_options(factory: Any, given: dict[str, Any]) -> list[str]:
+    """The factory's parameters without a default that `given` lacks (a TypeError traceback otherwise)."""
+    import inspect
+
+    try:
+        params = inspect.signature(factory).parameters.values()
+    except (TypeError, ValueError):
+        return []
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return [p.name for p in params if p.kind in kinds and p.default is inspect.Parameter.empty and p.name not in given]

@@ -31,6 +31,7 @@ class LoopConfig:
     eval_group_size: int = 2
     batch_size: int = 32  # images per sampler call when evaluating
     detector: str = "shapes"
+    detector_options: dict = field(default_factory=dict)  # e.g. {model: DIR} for mask2former
     rewards: list[str] = field(default_factory=lambda: ["self-qa"])  # scored on each round's eval images
     reward_options: dict = field(default_factory=dict)
     understanding: list[str] = field(default_factory=lambda: ["clean", "geneval_correct", "imbalance"])
@@ -47,12 +48,26 @@ class LoopConfig:
 def check_loop(cfg: LoopConfig) -> None:
     """Every setting, the trainers' included, before any work (round 0 evaluates for minutes first)."""
     check_ranges(cfg)
+    _check_detector(cfg)
     if cfg.train not in ("grpo", "sft", "both", "raft"):
         raise InputError(f"train: {cfg.train!r} is not one of grpo, sft, both, raft")
     if cfg.train in ("grpo", "both"):
         _check_trainer(GRPOConfig, cfg.grpo_config, cfg.grpo_overrides, "grpo")
     if cfg.train != "grpo":
         _check_trainer(SFTConfig, cfg.sft_config, cfg.sft_overrides, "sft")
+
+
+def _check_detector(cfg: LoopConfig) -> None:
+    """The eval detector fits the world and has its required options (else a traceback after round 0's images)."""
+    from unirl_kit.registry import registry, required_options
+
+    if cfg.detector == "shapes" and cfg.world != "shapes":
+        raise InputError(f"detector: shapes reads only the shapes world's renders; world {cfg.world} needs a real "
+                         "detector (detector=mask2former detector_options.model=DIR)")
+    missing = required_options(registry("detectors").get(cfg.detector), cfg.detector_options)
+    if missing:
+        raise InputError(f"detector_options.{missing[0]}: detector {cfg.detector} needs it "
+                         f"(detector_options.{missing[0]}=...)")
 
 
 def _check_trainer(cls: type, config_file: str | None, overrides: list[str], recipe: str) -> None:

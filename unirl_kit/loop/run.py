@@ -79,7 +79,8 @@ def evaluate(cfg: LoopConfig, folder: Path, eval_prompts: Path, model: str | Non
                                 top_k=s.top_k, top_p=s.top_p, seed=cfg.eval_seed, batch_size=cfg.batch_size,
                                 progress=cfg.progress), backbone)
     geneval = run_geneval(GenevalConfig(images_dir=str(samples), out=str(folder / "geneval"),
-                                        detector=cfg.detector, progress=cfg.progress))
+                                        detector=cfg.detector, detector_options=dict(cfg.detector_options),
+                                        progress=cfg.progress))
     scores = run_score(ScoreConfig(samples_dir=str(samples), out=str(folder / "scores.jsonl"), rewards=list(cfg.rewards),
                                    reward_options=cfg.reward_options, backbone=name, model=model,
                                    progress=cfg.progress), backbone)
