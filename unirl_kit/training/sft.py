@@ -148,15 +148,12 @@ def micro_terms(policy: Policy, data: SFTBatch, rows: list[int], step: int, cfg:
         scores = b.answer_logprobs([data.batch.images[i] for i in rows], [data.questions[i] for i in rows],
                                    [data.answers[i] for i in rows])
         return {"und": -(scores.logprobs * scores.mask).sum()}
-    prompts = [data.prompt(i) for i in rows]
-    tokens = data.batch.tokens[rows].to(b.device)
     if cfg.mode == "dpo":
         return dpo_terms(policy, data, rows, cfg)
     if cfg.mode in ("gen-rs", "distill"):
-        trajectory = None if data.batch.trajectory is None else data.batch.trajectory[rows]
-        scale = cfg.sampling.cfg_scale if cfg.logprob == "guided" else 1.0
-        return {"gen": -b.image_logprobs(prompts, tokens, cfg_scale=scale, temperature=cfg.sampling.temperature,
-                                         trajectory=trajectory).sum()}
+        return {"gen": -image_logp(policy, data, rows, cfg).sum()}
+    prompts = [data.prompt(i) for i in rows]
+    tokens = data.batch.tokens[rows].to(b.device)
     logits = b.generation_logits(prompts, tokens).float()
     noise = torch.stack([gumbel_noise(tuple(logits.shape[1:]), _noise_seed(data, i, step, cfg)) for i in rows])
     pixels = b.decode_soft(relaxed_tokens(logits, tokens, noise.to(logits.device), cfg.gumbel_tau))
@@ -175,10 +172,13 @@ def dpo_loss(policy_logp: torch.Tensor, ref_logp: torch.Tensor, beta: float) -> 
 
 
 def image_logp(policy: Policy, data: SFTBatch, rows: list[int], cfg: SFTConfig) -> torch.Tensor:
-    """[len(rows)] log-probs of the rows' image tokens, summed, under the distribution `logprob` names."""
+    """[len(rows)] log-probs of the rows' image tokens, summed, under the distribution `logprob` names
+    (gen-rs, distill and dpo)."""
+    b = policy.backbone
     scale = cfg.sampling.cfg_scale if cfg.logprob == "guided" else 1.0
-    return policy.backbone.image_logprobs([data.prompt(i) for i in rows], data.batch.tokens[rows].to(policy.backbone.device),
-                                          cfg_scale=scale, temperature=cfg.sampling.temperature).sum(-1)
+    trajectory = None if data.batch.trajectory is None else data.batch.trajectory[rows]
+    return b.image_logprobs([data.prompt(i) for i in rows], data.batch.tokens[rows].to(b.device), cfg_scale=scale,
+                            temperature=cfg.sampling.temperature, trajectory=trajectory).sum(-1)
 
 
 def reference_logp(policy: Policy, data: SFTBatch, chunks: list[list[int]], cfg: SFTConfig) -> torch.Tensor:
@@ -197,7 +197,7 @@ def dpo_terms(policy: Policy, data: SFTBatch, rows: list[int], cfg: SFTConfig) -
     """The DPO loss of consecutive (chosen, rejected) rows; also the pairs the policy already ranks right."""
     logp = image_logp(policy, data, rows, cfg)
     loss, margin = dpo_loss(logp, data.ref_logp[rows].to(logp.device), cfg.dpo_beta)
-    return {"dpo": loss, "dpo_accuracy": (margin > 0).float().sum(), "dpo_margin": margin.sum()}
+    return {"dpo": loss, "dpo/accuracy": (margin > 0).float().sum(), "dpo/margin": margin.sum()}
 
 
 def loss_weights(cfg: SFTConfig) -> dict[str, float]:
@@ -225,7 +225,8 @@ def sft_update(policy: Policy, optimizer, data: SFTBatch, step: int, cfg: SFTCon
         return out
     weights = loss_weights(cfg)
     counts = token_counts(policy, data, list(weights), world)
-    local = dict.fromkeys([*weights, *(("dpo_accuracy", "dpo_margin") if cfg.mode == "dpo" else ())], 0.0)
+    logged = ("dpo/accuracy", "dpo/margin") if cfg.mode == "dpo" else ()  # per-pair means beside the loss
+    local = dict.fromkeys([*weights, *logged], 0.0)
     size = max(2, cfg.optim.micro_batch // 2 * 2) if cfg.mode == "dpo" else cfg.optim.micro_batch  # whole pairs
     chunks = [data.keep[i: i + size] for i in range(0, len(data.keep), size)]
     if policy.fsdp:  # FSDP: every rank runs as many forwards/backwards; gen-rs keeps unequal numbers of rows
@@ -245,11 +246,11 @@ def sft_update(policy: Policy, optimizer, data: SFTBatch, step: int, cfg: SFTCon
                                 f"last good checkpoint is under {cfg.run.out}/checkpoints")
         loss.backward()
         for t in local:
-            local[t] += float(terms[t].detach()) / max(counts["dpo" if t.startswith("dpo") else t], 1.0) if rows else 0.0
+            local[t] += float(terms[t].detach()) / max(counts[t.split("/")[0]], 1.0) if rows else 0.0
     out["grad_norm"] = optimizer_step(policy, optimizer, lr, cfg.optim, world)
     parts = gather_floats(torch.tensor(list(local.values())), world).view(world, -1).sum(0)
     for t, value in zip(local, parts.tolist(), strict=True):
-        out[f"loss/{t}" if t in weights else t.replace("_", "/", 1)] = value
+        out[f"loss/{t}" if t in weights else t] = value
     out["loss/sft"] = sum(weights[t] * out[f"loss/{t}"] for t in weights)
     return out
 
