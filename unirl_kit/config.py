@@ -265,6 +265,7 @@ RANGES: dict[str, Range] = {
     "TokenizerConfig.restart_every": COUNT, "VisionConfig.eval_images": COUNT,
     "LanguageModelConfig.gen_batch": COUNT, "LanguageModelConfig.und_batch": COUNT,
     "LanguageModelConfig.cfg_dropout": SHARE, "LanguageModelConfig.caption_share": SHARE,
+    "LanguageModelConfig.caption_noise": SHARE,
     "LanguageModelConfig.canonical_margin": Range(-1, why="-1 = the encoder's own tokens"),
     "LanguageModelConfig.canonical_batches": COUNT, "LanguageModelConfig.gen_align": COUNT,
     "LanguageModelConfig.prompt_reading": NON_NEGATIVE, "LanguageModelConfig.text_hidden": COUNT,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import torch
@@ -20,7 +21,7 @@ def export_model(lm_dir: Path, vq_dir: Path, cfg: LanguageModelConfig, target: P
     `guidance_scale` (when given) into generation_config.json, where `resolve_cfg_scale` reads it."""
     if latest_checkpoint(Path(lm_dir) / "checkpoints") is None:
         raise InputError(f"{lm_dir}: no language-model checkpoint to export; run the lm stage first")
-    model = build_model(cfg, vq_dir)
+    model = build_model(dataclasses.replace(cfg, init_from=None), vq_dir)  # the checkpoint holds every weight
     state = load_latest(Path(lm_dir) / "checkpoints", model)
     model = model.to(torch.bfloat16)  # halves the size; loaded back in fp32 on the CPU
     if guidance_scale is not None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +25,9 @@ from unirl_kit.pretrain.canonical import build_canonical_codes, canonical_tokens
 from unirl_kit.pretrain.gate import tokenizer_gate
 from unirl_kit.pretrain.scenes import scene_batch
 from unirl_kit.pretrain.tokenizer import open_log, resume
+from unirl_kit.prompts.edits import minimal_edits
 from unirl_kit.schedules import warmup_cosine
+from unirl_kit.types import InputError, PromptSpec
 
 
 @dataclass
@@ -42,6 +44,10 @@ class LanguageModelConfig:
     canonical_batches: int = 80  # x 32 scenes that the local-code table is built from
     gen_align: int = 1  # generation scenes' objects on this pixel grid (4 = the tokenizer's; v4); 1 = anywhere
     prompt_reading: float = 0.0  # weight of `prompt_reading_loss` (0: off, as v1-v4)
+    caption_noise: float = 0.0  # share of generation captions that misstate one fact (`noisy_caption`; v6)
+    caption_noise_tags: list[str] = field(default_factory=lambda: ["two_object", "counting", "colors",
+                                                                   "position", "color_attr"])
+    init_from: str | None = None  # an exported tiny-shapes folder to continue from (its VQ is not used)
     text_hidden: int = 256
     text_layers: int = 4
     vision_hidden: int = 128
@@ -98,6 +104,32 @@ def generation_loss(model, tokenizer, prompts: list[str], image_tokens: torch.Te
     `per_image` each image's summed negative log-likelihood (what `benchmarks/prompt_binding.py` reads)."""
     nll, _ = generation_forward(model, tokenizer, prompts, image_tokens, uncond)
     return nll.sum(1) if per_image else nll.mean()
+
+
+def noisy_caption(spec: PromptSpec, rng: np.random.Generator) -> str:
+    """The prompt with its tag's key fact misstated: another relation, colour or count where the tag
+    is about one (edits that keep the prompt's shapes), another shape otherwise.
+
+    Why: web captions of real pre-training data often misstate relations, colours and counts, so a
+    real generator puts part of its mass on images its caption does not describe, and post-training
+    moves that mass back. Exact captions (v1-v5) leave no such mode error to fix, only capacity:
+    session 9 found that even the model's own correct images (oracle RAFT) do not lift v5."""
+    edits = minimal_edits(spec)
+    classes = sorted(r.cls for r in spec.include)
+    same = [e for e in edits if sorted(r.cls for r in e.include) == classes]
+    pool = same or edits
+    return pool[int(rng.integers(len(pool)))].prompt
+
+
+def generation_captions(specs: list[PromptSpec], cfg: LanguageModelConfig, seed: int, step: int) -> list[str]:
+    """The captions the generation half trains on at `step`: each prompt, or with probability
+    `caption_noise` (in `caption_noise_tags`) its `noisy_caption`, from its own generator."""
+    if not cfg.caption_noise:
+        return [s.prompt for s in specs]
+    rng = np.random.default_rng([seed, 3, step])
+    flips = rng.random(len(specs)) < cfg.caption_noise
+    return [noisy_caption(s, rng) if f and s.tag in cfg.caption_noise_tags else s.prompt
+            for s, f in zip(specs, flips, strict=True)]
 
 
 PROMPT_STOPWORDS = ("a", "an", "photo", "of", "the", "and")
@@ -159,8 +191,28 @@ def build_model(cfg: LanguageModelConfig, vq_dir: Path, vision_dir: Path | None 
     model.model.vqmodel.requires_grad_(False)
     if vision_dir is not None:
         model.model.vision_model.load_state_dict(JanusVisionModel.from_pretrained(vision_dir).state_dict())
+    if cfg.init_from:
+        _load_export(model, Path(cfg.init_from))
+    if vision_dir is not None or cfg.init_from:
         model.model.vision_model.requires_grad_(not cfg.freeze_vision)
     return model
+
+
+def _load_export(model, folder: Path) -> None:
+    """Every weight but the VQ's from an exported model (bf16 -> the model's fp32): continued
+    pre-training keeps the tokenizer stage's full-precision VQ, whose codes the targets are."""
+    from safetensors.torch import load_file
+
+    path = folder / "model.safetensors"
+    if not path.is_file():
+        raise InputError(f"lm.init_from: {path} not found; expected an exported tiny-shapes folder")
+    state = {k: v for k, v in load_file(path).items() if not k.startswith("model.vqmodel.")}
+    own = {k: v.shape for k, v in model.state_dict().items() if not k.startswith("model.vqmodel.")}
+    bad = sorted(set(own) ^ set(state)) + sorted(k for k in state if k in own and state[k].shape != own[k])
+    if bad:
+        raise InputError(f"lm.init_from: {path} does not match lm's sizes (first differing weight {bad[0]}); "
+                         "set text_hidden/text_layers/vision_hidden/vision_layers to the export's")
+    model.load_state_dict(state, strict=False)
 
 
 def _canonical_table(vq_dir: Path, cfg: LanguageModelConfig, out: Path, seed: int) -> dict[bytes, int]:
@@ -213,7 +265,7 @@ def train_language_model(cfg: LanguageModelConfig, vq_dir: Path, out: Path, seed
         for group in opt.param_groups:
             group["lr"] = _lr(step, cfg)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
-            prompts = [s.prompt for s in gen_specs]
+            prompts = generation_captions(gen_specs, cfg, seed, step)
             nll, hidden = generation_forward(model, tokenizer, prompts, image_tokens, uncond)
             gen = nll.mean()
             read = prompt_reading_loss(model, tokenizer, prompts, hidden, uncond) if cfg.prompt_reading else None

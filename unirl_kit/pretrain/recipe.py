@@ -20,7 +20,7 @@ from unirl_kit.locking import holds_output_locks, lock_output
 from unirl_kit.pretrain.language_model import LanguageModelConfig
 from unirl_kit.pretrain.tokenizer import TokenizerConfig
 from unirl_kit.pretrain.vision import VisionConfig
-from unirl_kit.types import InputError
+from unirl_kit.types import GENEVAL_TAGS, InputError
 
 STAGES = ("tokenizer", "gate", "vision", "lm", "export")
 
@@ -54,6 +54,9 @@ def run_pretrain(cfg: PretrainConfig) -> dict:
     unknown = [s for s in cfg.stages if s not in STAGES]
     if unknown:
         raise InputError(f"stages: unknown stage {unknown[0]!r}; expected some of {', '.join(STAGES)}")
+    bad_tags = [t for t in cfg.lm.caption_noise_tags if t not in GENEVAL_TAGS]
+    if bad_tags:
+        raise InputError(f"lm.caption_noise_tags: unknown tag {bad_tags[0]!r}; expected some of {', '.join(GENEVAL_TAGS)}")
     out = Path(cfg.out)
     tok_dir = out / "tokenizer"
     lock_output(out)
