@@ -41,8 +41,8 @@ Args = list[Any]
 # ---------------------------------------------------------------- the finished runs every case sits beside
 
 GRPO_TINY = ["backbone.name=janus", "backbone.device=cpu", "prompts_per_step=2", "group_size=2",
-             "rewards=[geneval-partial]", "optim.micro_batch=4", "run.tensorboard=false", "run.progress=false"]
-SFT_TINY = [*GRPO_TINY[:4], "optim.micro_batch=4", "run.tensorboard=false", "run.progress=false"]
+             "rewards=[geneval-partial]", "optim.micro_batch=4", "run.report_to=[jsonl]", "run.progress=false"]
+SFT_TINY = [*GRPO_TINY[:4], "optim.micro_batch=4", "run.report_to=[jsonl]", "run.progress=false"]
 PRETRAIN_TINY = ["stages=[tokenizer]", "tokenizer.steps=2", "tokenizer.image_size=32", "tokenizer.batch_size=2",
                  "tokenizer.channel_multiplier=[1,2]", "tokenizer.latent_channels=32", "tokenizer.codebook_size=32",
                  "tokenizer.bf16=false", "tokenizer.checkpoint_every=1", "tokenizer.warmup_steps=1",

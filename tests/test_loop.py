@@ -27,15 +27,40 @@ def _cfg(model: Path, out: Path, *extra: str):
             "understanding_per_tag=1", "rewards=[geneval]", "progress=false", *extra]
     cfg = load_config(LoopConfig, None, {}, over)
     cfg.grpo_overrides = ["run.steps=2", "prompts_per_step=2", "group_size=2", "rewards=[geneval-partial]",
-                          "run.tensorboard=false", "optim.micro_batch=4"]
+                          "optim.micro_batch=4"]
     return cfg
 
 
-def test_loop_runs_rounds_resumes_and_reports(small_janus, tmp_path):
+def _tracked(out: Path) -> tuple[list[dict], object]:
+    """The loop's metrics.jsonl rows and its TensorBoard events."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(out / "tensorboard"), size_guidance={"scalars": 0, "images": 0})
+    acc.Reload()
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()], acc
+
+
+def test_loop_runs_rounds_resumes_and_reports(small_janus, tmp_path, monkeypatch, caplog):
+    import logging
+
+    from unirl_kit import progress
     from unirl_kit.loop.run import run_loop
 
+    monkeypatch.setattr(progress, "interactive", lambda: False)  # a log file: every stage writes lines
     out = tmp_path / "loop"
-    report = run_loop(_cfg(small_janus, out))
+    with caplog.at_level(logging.INFO, logger="unirl_kit"):
+        report = run_loop(_cfg(small_janus, out, "progress=true"))
+    names = {r.name for r in caplog.records}
+    assert {"unirl_kit.loop", "unirl_kit.generate", "unirl_kit.eval.geneval", "unirl_kit.score",
+            "unirl_kit.eval.understanding", "unirl_kit.train"} <= names
+    assert "round 1/1: train (grpo)" in [r.getMessage() for r in caplog.records]
+    rows, acc = _tracked(out)  # each round's eval metrics and sample grid, to every backend
+    assert [r["step"] for r in rows] == [0, 1] and all("geneval/overall" in r for r in rows)
+    assert "understanding/clean/overall" in rows[0] and "reward/geneval/mean" in rows[0]
+    assert [e.step for e in acc.Scalars("geneval/overall")] == [0, 1]
+    assert [i.step for i in acc.Images("eval/samples")] == [0, 1]
+    assert (out / "images" / "eval" / "samples" / "000001.png").is_file()
+    assert (out / "round-001" / "train" / "tensorboard").is_dir()  # the trainer got the loop's report_to
     for r in (0, 1):
         folder = out / f"round-{r:03d}"
         assert (folder / "eval.done.json").exists()
@@ -55,6 +80,8 @@ def test_loop_runs_rounds_resumes_and_reports(small_janus, tmp_path):
     run_loop(_cfg(small_janus, out))
     assert metrics.stat().st_mtime_ns == before
     assert (out / "round-001" / "eval.done.json").exists()
+    rows, acc = _tracked(out)  # round 1 logged again, not twice
+    assert [r["step"] for r in rows] == [0, 1] and [e.step for e in acc.Scalars("geneval/overall")] == [0, 1]
 
 
 def test_loop_settings_fail_early(small_janus, tmp_path):
@@ -91,7 +118,7 @@ def test_gpu_loop_configs_run_with_a_tiny_random_janus(small_janus, tmp_path, na
         f"backbone.model={small_janus}", "backbone.device=cpu", f"out={tmp_path / name}", "rounds=1", "world=shapes", "detector=shapes",
         "n_train=6", "n_eval=2", "eval_group_size=2", "understanding=[geneval_correct,imbalance]", "progress=false",
         f"grpo_config={root / 'configs/grpo/janus_pro_1b.yaml'}", f"sft_config={root / 'configs/sft/janus_pro_1b.yaml'}"])
-    tiny = ["run.steps=1", "prompts_per_step=2", "group_size=2", "optim.micro_batch=4", "run.tensorboard=false"]
+    tiny = ["run.steps=1", "prompts_per_step=2", "group_size=2", "optim.micro_batch=4", "run.report_to=[jsonl]"]
     cfg.grpo_overrides = [*cfg.grpo_overrides, *tiny, "sampling.cfg_scale=2.0"]
     cfg.sft_overrides = [*cfg.sft_overrides, *tiny]
     report = run_loop(cfg)
@@ -110,7 +137,7 @@ def test_loop_offline_raft_round_and_paired_report(small_janus, tmp_path):
     out = tmp_path / "raft"
     cfg = _cfg(small_janus, out, "train=raft")
     cfg.sft_overrides = [f"rewards=[{LOW_TOKENS}]", "group_size=2", "keep_top=1", "prompts_per_step=2",
-                         "run.steps=2", "run.tensorboard=false", "sampling.cfg_scale=2.0"]
+                         "run.steps=2", "run.report_to=[jsonl]", "sampling.cfg_scale=2.0"]
     report = run_loop(cfg)
     folder = out / "round-001"
     assert len((folder / "train_samples" / "scores.jsonl").read_text().splitlines()) == 6 * 2

@@ -85,7 +85,7 @@ def test_end_to_end_reuses_the_baseline_round(rep, tmp_path):
             "sizes": {"tiny": {"n_eval": 2, "eval_group_size": 2, "understanding_per_tag": 1, "steps": 1}},
             "arms": {"baseline": {"rounds": 0},
                      "grpo": {"rounds": 1, "train": "grpo", "grpo_overrides": [
-                         "rewards=[geneval-partial]", "prompts_per_step=2", "group_size=2", "run.tensorboard=false"]}}}
+                         "rewards=[geneval-partial]", "prompts_per_step=2", "group_size=2", "run.report_to=[jsonl]"]}}}
     (tmp_path / "rep.yaml").write_text(yaml.safe_dump(spec))
     cfg = load_config(rep.ReproduceConfig, tmp_path / "rep.yaml")
     root = tmp_path / "out"

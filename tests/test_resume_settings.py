@@ -18,7 +18,7 @@ from unirl_kit.types import InputError
 def _grpo(out: Path, prompts: Path, *over: str) -> GRPOConfig:
     base = [f"prompts={prompts}", f"rewards=[{BRIGHTNESS}]", "backbone.name=janus",
             f"backbone.model={out.parent / 'no-such-model'}", "backbone.device=cpu", f"run.out={out}",
-            "run.progress=false", "run.tensorboard=false", "sampling.cfg_scale=2.0"]
+            "run.progress=false", "run.report_to=[jsonl]", "sampling.cfg_scale=2.0"]
     return load_config(GRPOConfig, None, {}, [*base, *over])
 
 

@@ -30,7 +30,7 @@ def _load(cls, model: Path, prompt_file: Path, out: Path, **over):
     items = {"prompts": str(prompt_file), "prompts_per_step": 2, "group_size": 4, "rewards": [LowTokens.name],
              "backbone.name": "janus", "backbone.model": str(model), "backbone.device": "cpu",
              "optim.lr": 1e-2, "optim.micro_batch": 8, "run.out": str(out), "run.steps": 2,
-             "run.checkpoint_every": 100, "run.progress": False, "run.tensorboard": False,
+             "run.checkpoint_every": 100, "run.progress": False, "run.report_to": ["jsonl"],
              "sampling.cfg_scale": 2.0, **over}
     return load_config(cls, None, {}, [f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in items.items()])
 

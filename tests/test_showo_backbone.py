@@ -146,7 +146,7 @@ def test_grpo_trains_show_o_with_lora_and_exports_a_loadable_folder(showo_dir, t
              "backbone.name": "showo", "backbone.model": str(showo_dir), "backbone.device": "cpu",
              "backbone.options": '{"timesteps": 4}', "beta": "0.1", "lora.enabled": "true", "lora.r": "4",
              "lora.target_modules": '["q_proj", "k_proj", "v_proj", "dense"]', "optim.lr": "1e-3",
-             "run.out": str(out), "run.steps": "2", "run.progress": "false", "run.tensorboard": "false",
+             "run.out": str(out), "run.steps": "2", "run.progress": "false", "run.report_to": "[jsonl]",
              "sampling.cfg_scale": "3.0"}
     run_grpo(load_config(GRPOConfig, None, {}, [f"{k}={v}" for k, v in items.items()]))
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
@@ -168,7 +168,7 @@ def test_the_show_o_loop_config_runs_with_a_tiny_random_show_o(showo_dir, tmp_pa
         f"backbone.model={showo_dir}", "backbone.device=cpu", "backbone.options={timesteps: 3}", f"out={tmp_path}",
         "rounds=1", "world=shapes", "detector=shapes", "n_train=4", "n_eval=2", "eval_group_size=2", "progress=false",
         f"grpo_config={root / 'configs/grpo/showo_512.yaml'}", f"sft_config={root / 'configs/sft/showo_512.yaml'}"])
-    tiny = ["run.steps=1", "prompts_per_step=2", "run.tensorboard=false", "backbone.gradient_checkpointing=false"]
+    tiny = ["run.steps=1", "prompts_per_step=2", "run.report_to=[jsonl]", "backbone.gradient_checkpointing=false"]
     cfg.grpo_overrides, cfg.sft_overrides = tiny, tiny
     report = run_loop(cfg)
     assert report["delta"] is not None

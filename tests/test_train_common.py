@@ -1,55 +1,11 @@
-"""Trainer plumbing: metrics log truncation on resume, TensorBoard when present, schedules, checkpointing."""
+"""Trainer plumbing: schedules, checkpointing (metrics and tracking: tests/test_tracking.py)."""
 
 from __future__ import annotations
 
-import json
-import sys
-import types
-
 import pytest
 
-from unirl_kit.training.common import MetricsLog, learning_rate
+from unirl_kit.training.common import learning_rate
 from unirl_kit.training.config import OptimConfig
-
-
-def test_resumed_metrics_drop_lines_past_the_checkpoint(tmp_path):
-    log = MetricsLog(tmp_path, 0, tensorboard=False)
-    for step in (1, 2, 3):
-        log.write({"step": step, "loss": float(step)})
-    with (tmp_path / "metrics.jsonl").open("a") as fh:
-        fh.write('{"step": 4, "lo')  # a torn line from a kill
-    MetricsLog(tmp_path, 2, tensorboard=False)
-    steps = [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert steps == [1, 2]
-
-
-def test_tensorboard_scalars_when_installed(tmp_path, monkeypatch):
-    written = []
-
-    class Writer:
-        def __init__(self, logdir):
-            self.logdir = logdir
-
-        def add_scalar(self, key, value, step):
-            written.append((key, value, step))
-
-        def close(self):
-            written.append("closed")
-
-    fake = types.ModuleType("torch.utils.tensorboard")
-    fake.SummaryWriter = Writer
-    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", fake)
-    log = MetricsLog(tmp_path, 0, tensorboard=True)
-    log.write({"step": 3, "reward/mean": 0.5, "note": "text"})
-    log.close()
-    assert written == [("reward/mean", 0.5, 3), "closed"]
-
-
-def test_without_tensorboard_only_jsonl(tmp_path, monkeypatch):
-    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import fails
-    log = MetricsLog(tmp_path, 0, tensorboard=True)
-    log.write({"step": 1, "x": 1.0})
-    assert log.writer is None and (tmp_path / "metrics.jsonl").exists()
 
 
 @pytest.mark.parametrize(("schedule", "warmup", "expect"), [

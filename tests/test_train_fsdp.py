@@ -66,7 +66,7 @@ def _cfg(recipe: str, model: Path, prompt_file: Path, out: Path, over: dict):
     items = {"prompts": str(prompt_file), "prompts_per_step": 2, "group_size": 2, "backbone.name": "janus",
              "backbone.model": str(model), "backbone.device": "cpu", "optim.lr": 1e-3, "optim.micro_batch": 1,
              "run.out": str(out), "run.steps": 2, "run.checkpoint_every": 2, "run.progress": False,
-             "run.tensorboard": False, "sampling.cfg_scale": 2.0, **over}
+             "run.report_to": ["jsonl"], "sampling.cfg_scale": 2.0, **over}
     if recipe == "grpo":
         items.setdefault("rewards", [BRIGHT])
     return load_config(GRPOConfig if recipe == "grpo" else SFTConfig, None, {},

@@ -28,7 +28,7 @@ def _cfg(model: Path, prompt_file: Path, out: Path, **over):
     items = {"prompts": str(prompt_file), "prompts_per_step": 2, "group_size": 2, "rewards": [BRIGHT],
              "backbone.name": "janus", "backbone.model": str(model), "backbone.device": "cpu",
              "optim.lr": 1e-3, "optim.micro_batch": 3, "run.out": str(out), "run.steps": 4,
-             "run.checkpoint_every": 2, "run.progress": False, "run.tensorboard": False,
+             "run.checkpoint_every": 2, "run.progress": False, "run.report_to": ["jsonl"],
              "sampling.cfg_scale": 2.0, **over}
     return load_config(GRPOConfig, None, {}, [f"{k}={json.dumps(v) if not isinstance(v, str) else v}"
                                               for k, v in items.items()])

@@ -40,7 +40,7 @@ def _cfg(model_dir: Path, prompts: Path, out: Path, *overrides: str) -> SFTConfi
     """2 prompts x 2 images per step, micro-batches of 3 rows (so a step takes two), CPU, quiet."""
     base = [f"prompts={prompts}", "backbone.name=janus", f"backbone.model={model_dir}", "backbone.device=cpu",
             "prompts_per_step=2", "group_size=2", "optim.lr=1e-3", "optim.micro_batch=3", "run.steps=2",
-            "run.checkpoint_every=2", "run.progress=false", "run.tensorboard=false", f"run.out={out}"]
+            "run.checkpoint_every=2", "run.progress=false", "run.report_to=[jsonl]", f"run.out={out}"]
     return load_config(SFTConfig, None, {}, [*base, *overrides])
 
 

@@ -112,7 +112,7 @@ def test_cli_resume_refuses_a_pickled_state(small_janus, prompts, tmp_path, unir
     _pickled_checkpoint(out / "checkpoints", marker)
     proc = unirl_cli("train", "sft", "--resume", f"prompts={prompts}", "backbone.name=janus",
                      f"backbone.model={small_janus}", "backbone.device=cpu", f"run.out={out}", "run.steps=2",
-                     "run.progress=false", "run.tensorboard=false", check=False)
+                     "run.progress=false", "run.report_to=[jsonl]", check=False)
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "--trust-pickle" in lines[0] and "Traceback" not in proc.stderr

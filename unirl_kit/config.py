@@ -391,14 +391,15 @@ def run_settings(config: Any, command: str) -> dict[str, Any]:
 
 
 # The settings a resume may change (`unirl train grpo|sft --resume`, a rerun of `unirl loop`), in one
-# place: how long a run goes, where its folder now is, how it shows progress and how often it logs or
-# checkpoints, and memory layouts that compute the same run (FSDP, gradient checkpointing, micro-batches:
-# equal up to float rounding). Every other setting defines the run and must equal its config.yaml.
+# place: how long a run goes, where its folder now is, how it shows progress, where (report_to) and how
+# often it logs or checkpoints, and memory layouts that compute the same run (FSDP, gradient
+# checkpointing, micro-batches: equal up to float rounding). Every other setting defines the run and
+# must equal its config.yaml.
 RESUME_MAY_CHANGE: dict[str, tuple[str, ...]] = {
     "train": ("run.out", "run.steps", "run.checkpoint_every", "run.keep_checkpoints", "run.log_every",
-              "run.progress", "run.tensorboard", "backbone.device", "backbone.fsdp",
+              "run.progress", "run.report_to", "run.tensorboard", "backbone.device", "backbone.fsdp",
               "backbone.gradient_checkpointing", "optim.micro_batch"),
-    "loop": ("out", "rounds", "progress", "batch_size", "backbone.device"),
+    "loop": ("out", "rounds", "progress", "report_to", "batch_size", "backbone.device"),
 }
 
 

@@ -29,7 +29,7 @@ Janus sampler spends one uniform per token (inverse-CDF sampling), so no shared 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -97,9 +97,12 @@ class Backbone(Protocol):
     def dtype(self) -> torch.dtype: ...
 
     def generate(self, prompts: Sequence[str], group_size: int = 1, seeds: Seeds = 0, cfg_scale: float | None = None,
-                 temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None) -> GenerationBatch:
+                 temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+                 on_step: Callable[[float], None] | None = None) -> GenerationBatch:
         """Sample `group_size` images per prompt, all in one batch; no gradients. `cfg_scale` None: the
-        weights' own (`resolve_cfg_scale`), as for `image_logprobs`."""
+        weights' own (`resolve_cfg_scale`), as for `image_logprobs`. `on_step` (optional: `unirl generate`
+        passes it only to a backbone whose `generate` takes it) is called with the share of the batch's
+        sampling done, so a progress bar moves while one batch of images is drawn."""
         ...
 
     def image_logprobs(self, prompts: Sequence[str], tokens: torch.Tensor, cfg_scale: float | None = None,

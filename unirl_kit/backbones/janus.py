@@ -10,7 +10,7 @@ else raw (tiny-shapes, trained without one); `chat_template=True/False` forces e
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import ClassVar
 
@@ -153,7 +153,8 @@ class JanusBackbone:
 
     # ---- generation ------------------------------------------------------------------------------
     def generate(self, prompts: Sequence[str], group_size: int = 1, seeds: Seeds = 0, cfg_scale: float | None = None,
-                 temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None) -> GenerationBatch:
+                 temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+                 on_step: Callable[[float], None] | None = None) -> GenerationBatch:
         check_sampling(group_size, top_k, top_p)
         ids = self.prompt_ids(prompts)
         row_seeds = resolve_seeds(seeds, len(prompts), group_size)
@@ -164,7 +165,7 @@ class JanusBackbone:
         uniforms = None if temperature <= 0 else uniform_stream(row_seeds, self.num_image_tokens)
         tokens, logprobs = sample_image_tokens(self.model, rows, self.special, self.num_image_tokens,
                                                resolve_cfg_scale(self, cfg_scale),
-                                               temperature, uniforms, top_k, top_p)
+                                               temperature, uniforms, top_k, top_p, on_step=on_step)
         return GenerationBatch(self.decode_tokens(tokens), tokens, logprobs, row_seeds)
 
     def image_logprobs(self, prompts: Sequence[str], tokens: torch.Tensor, cfg_scale: float | None = None,

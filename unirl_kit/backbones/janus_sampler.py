@@ -134,11 +134,13 @@ def pick_tokens(scores: torch.Tensor, uniforms: torch.Tensor | None, top_k: int 
 def sample_image_tokens(model, prompt_ids: Sequence[Sequence[int]], special: SpecialIds, num_tokens: int,
                         cfg_scale: float, temperature: float, uniforms: torch.Tensor | None,
                         top_k: int | None = None, top_p: float | None = None,
-                        lean: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+                        lean: bool = True, on_step: Callable[[float], None] | None = None
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
     """Tokens [N, T] and their log-probs [N, T] for one row per image; `uniforms` [N, T] (None: greedy).
 
     lean: per-token steps by `LeanDecoder` where the text model supports it (the prefill always runs the
-    full forward); False runs the full forward every step (the reference the lean step is tested against)."""
+    full forward); False runs the full forward every step (the reference the lean step is tested against).
+    on_step: called with the share of the tokens drawn after each token (a progress bar's hook)."""
     device = model.device
     rows = guidance_rows(prompt_ids, special, cfg_scale, device)
     n, (r, width) = rows.n, rows.ids.shape
@@ -159,6 +161,8 @@ def sample_image_tokens(model, prompt_ids: Sequence[Sequence[int]], special: Spe
         tok = pick_tokens(scores, None if uniforms is None else uniforms[:, t], top_k, top_p)
         tokens[:, t] = tok
         logprobs[:, t] = scores.log_softmax(-1).gather(-1, tok[:, None]).squeeze(-1)
+        if on_step is not None:
+            on_step((t + 1) / num_tokens)
         if t + 1 == num_tokens:
             break
         hidden = step(model.prepare_embeddings_for_image_generation(tok.repeat(r // n)), t)

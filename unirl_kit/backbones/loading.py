@@ -170,17 +170,25 @@ def load_backbone(name: str, model: str | None = None, device: str = "auto", dty
 
     One progress bar (ours) rather than transformers' one per weight file.
     """
-    from transformers.utils import logging as hf_logging
-
     from unirl_kit.registry import registry
 
     kwargs = {**(options or {}), "device": device, "dtype": dtype}
     if model is not None:
         kwargs["model"] = model
+    with no_transformers_bars():
+        return registry("backbones").build(name, **kwargs)
+
+
+@contextlib.contextmanager
+def no_transformers_bars() -> Iterator[None]:
+    """transformers' own tqdm bars (one per weight file loaded or shard written) off for a block: the
+    stage's progress is ours, and a log file (no terminal) gets no tqdm lines."""
+    from transformers.utils import logging as hf_logging
+
     shown = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
     try:
-        return registry("backbones").build(name, **kwargs)
+        yield
     finally:
         if shown:
             hf_logging.enable_progress_bar()

@@ -74,4 +74,7 @@ convert_cmd.register(app)
 
 
 def main() -> None:
+    from unirl_kit.progress import setup_logging
+
+    setup_logging()  # progress lines where stderr is no terminal (unirl_kit/progress.py)
     app()

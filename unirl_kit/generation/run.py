@@ -18,6 +18,7 @@ from unirl_kit.distributed import rank_and_world
 from unirl_kit.eval.geneval.layout import write_prompt_folder
 from unirl_kit.generation.prompts import read_prompt_file
 from unirl_kit.locking import holds_output_locks, lock_output
+from unirl_kit.progress import Progress
 from unirl_kit.registry import registry
 from unirl_kit.types import InputError
 
@@ -103,22 +104,26 @@ def run_generate(cfg: GenerateConfig, backbone: Any = None) -> dict[str, Any]:
               "temperature": cfg.temperature, "top_k": cfg.top_k, "top_p": cfg.top_p, "seed": cfg.seed}
     rows = [(i, k) for i in todo for k in range(cfg.group_size)]
     pending: dict[int, dict[int, tuple]] = {}
+    shown = cfg.progress and rank == 0
+    hook = shown and _takes_on_step(backbone)
     t0 = time.perf_counter()
-    with _progress(cfg, rank, len(rows)) as (bar, task):
+    with Progress("generate", shown) as progress:
+        task = progress.task("generate", len(rows), "images")
         for start in range(0, len(rows), cfg.batch_size):
             batch = rows[start:start + cfg.batch_size]
+            # images' worth of work done inside the batch: the bar moves while one batch is drawn
+            extra = {"on_step": lambda share, s=start, n=len(batch): task.update(s + share * n)} if hook else {}
             result = backbone.generate(
                 [metas[i]["prompt"] for i, _ in batch], group_size=1,
                 seeds=[[image_seed(cfg.seed, i, k)] for i, k in batch], cfg_scale=cfg.cfg_scale,
-                temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p)
+                temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p, **extra)
             for j, (i, k) in enumerate(batch):
                 trajectory = None if result.trajectory is None else result.trajectory[j]
                 pending.setdefault(i, {})[k] = (result.images[j], result.tokens[j], result.logprobs[j],
                                                 result.seeds[j], trajectory)
                 if len(pending[i]) == cfg.group_size:
                     _write(out, i, pending.pop(i), header)
-            done = start + len(batch)
-            bar.update(task, completed=done, rate=done / max(time.perf_counter() - t0, 1e-9))
+            task.update(start + len(batch))
     seconds = time.perf_counter() - t0
     return {"prompts": len(mine), "already_done": len(mine) - len(todo), "images": len(rows),
             "seconds": round(seconds, 2), "images_per_s": round(len(rows) / seconds, 3) if rows else 0.0,
@@ -137,20 +142,11 @@ def _write(out: Path, index: int, parts: dict[int, tuple], header: dict) -> None
                          trajectory)
 
 
-class _progress:
-    """A rich progress bar with images/s (rank 0 only; disabled by progress=false)."""
+def _takes_on_step(backbone: Any) -> bool:
+    """Whether the backbone's `generate` reports its progress inside a batch (optional, base.py)."""
+    import inspect
 
-    def __init__(self, cfg: GenerateConfig, rank: int, total: int) -> None:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        self.bar = Progress(TextColumn("generate"), BarColumn(), MofNCompleteColumn(),
-                            TextColumn("{task.fields[rate]:.2f} images/s"), TimeRemainingColumn(),
-                            disable=not cfg.progress or rank != 0 or total == 0, transient=True)
-        self.total = total
-
-    def __enter__(self):
-        self.bar.__enter__()
-        return self.bar, self.bar.add_task("generate", total=self.total, rate=0.0)
-
-    def __exit__(self, *exc) -> None:
-        self.bar.__exit__(*exc)
+    try:
+        return "on_step" in inspect.signature(backbone.generate).parameters
+    except (TypeError, ValueError):
+        return False

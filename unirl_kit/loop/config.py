@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from unirl_kit.config import check_ranges, load_config
+from unirl_kit.tracking import DEFAULT_REPORT_TO, as_list, check_report_to
 from unirl_kit.training.config import BackboneConfig, GRPOConfig, SamplingConfig, SFTConfig
 from unirl_kit.types import GENEVAL_TAGS, InputError
 
@@ -43,11 +44,21 @@ class LoopConfig:
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     progress: bool = True
+    # where each round's eval metrics and sample grid go, passed on as the trainers' run.report_to; jsonl
+    # stays in: the report reads each round's train/metrics.jsonl (unirl_kit/tracking.py)
+    report_to: list[str] | str = field(default_factory=lambda: list(DEFAULT_REPORT_TO))
+
+    def __post_init__(self) -> None:
+        self.report_to = as_list(self.report_to)
 
 
 def check_loop(cfg: LoopConfig) -> None:
     """Every setting, the trainers' included, before any work (round 0 evaluates for minutes first)."""
     check_ranges(cfg)
+    check_report_to(cfg.report_to, "report_to")
+    if "jsonl" not in cfg.report_to:
+        raise InputError(f"report_to: {cfg.report_to} leaves out jsonl, which the loop's report reads (each round's "
+                         "train/metrics.jsonl); keep it, e.g. report_to=[jsonl,wandb]")
     _check_detector(cfg)
     if cfg.train not in ("grpo", "sft", "both", "raft"):
         raise InputError(f"train: {cfg.train!r} is not one of grpo, sft, both, raft")

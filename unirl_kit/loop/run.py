@@ -2,22 +2,28 @@
 
 Round 0 evaluates the starting model (the baseline); round r >= 1 trains from round r-1's model and
 evaluates the result. Every stage leaves `STAGE.done.json` in its round's folder when it finishes, so a
-killed loop resumes at the first unfinished stage (and each stage resumes inside itself).
+killed loop resumes at the first unfinished stage (and each stage resumes inside itself). Each round's
+eval numbers and a grid of its eval images go to the `report_to` trackers at step = round.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from unirl_kit.config import check_same_run, load_config, write_run_info
+from unirl_kit.config import check_same_run, load_config, to_dict, write_run_info
 from unirl_kit.jsonl import read_json, write_atomic
 from unirl_kit.locking import holds_output_locks, lock_output
 from unirl_kit.loop.config import LoopConfig, check_loop
+from unirl_kit.progress import Progress
+from unirl_kit.tracking import Tracker
 from unirl_kit.types import InputError
+
+log = logging.getLogger("unirl_kit.loop")
 
 
 def _done(folder: Path, stage: str) -> dict | None:
@@ -127,7 +133,8 @@ def train(cfg: LoopConfig, folder: Path, train_prompts: Path, model: str | None,
     name = cfg.backbone.name
     seed = cfg.seed + round_index
     common = [f"backbone.name={name}", f"backbone.device={cfg.backbone.device}", f"run.seed={seed}",
-              f"prompts={train_prompts}", f"run.progress={str(cfg.progress).lower()}"]
+              f"prompts={train_prompts}", f"run.progress={str(cfg.progress).lower()}",
+              f"run.report_to=[{','.join(cfg.report_to)}]"]
     if model is not None:
         common.append(f"backbone.model={model}")
     if cfg.backbone.options:  # e.g. Show-o's timesteps / vq_model / tokenizer: the trainers load it the same way
@@ -166,23 +173,73 @@ def run_loop(cfg: LoopConfig) -> dict[str, Any]:
     write_run_info(out, cfg, "loop")
     train_prompts, eval_prompts = make_prompts(cfg, out)
     t0 = time.perf_counter()
-    for r in range(cfg.rounds + 1):
-        folder = out / f"round-{r:03d}"
-        folder.mkdir(exist_ok=True)
-        if r > 0 and _done(folder, "train") is None:
+    stages = [(r, stage) for r in range(cfg.rounds + 1) for stage in (("train", "eval") if r else ("eval",))]
+    done = [_done(out / f"round-{r:03d}", stage) is not None for r, stage in stages]
+    evaluated = [r for (r, stage), d in zip(stages, done, strict=True) if stage == "eval" and d]
+    resumed = next(r for r in range(cfg.rounds + 2) if r not in evaluated) - 1  # rounds 0..this are tracked
+    with Tracker(out, cfg.report_to, resumed, to_dict(cfg), str(out)) as tracker, \
+            Progress("loop", cfg.progress, bar=False) as progress:  # each stage draws its own bar
+        task = progress.task("loop", len(stages), "stages", completed=sum(done))
+        for (r, stage), finished in zip(stages, done, strict=True):
+            if finished:
+                continue
+            folder = out / f"round-{r:03d}"
+            folder.mkdir(exist_ok=True)
+            what = f"train ({cfg.train})" if stage == "train" else "eval"
+            if cfg.progress:
+                log.info("round %d/%d: %s", r, cfg.rounds, what)
+            task.update(info=f"round {r}: {what}")
             t = time.perf_counter()
-            info = train(cfg, folder, train_prompts, model_of(cfg, out, r - 1), r)
-            _finish(folder, "train", {"seconds": round(time.perf_counter() - t, 1), **_jsonable(info)})
-        if _done(folder, "eval") is None:
-            t = time.perf_counter()
-            info = evaluate(cfg, folder, eval_prompts, model_of(cfg, out, r))
-            _finish(folder, "eval", {"seconds": round(time.perf_counter() - t, 1), "geneval": info["geneval"],
-                                     "understanding": _jsonable(info["understanding"])})
+            if stage == "train":
+                info = train(cfg, folder, train_prompts, model_of(cfg, out, r - 1), r)
+                _finish(folder, "train", {"seconds": round(time.perf_counter() - t, 1), **_jsonable(info)})
+            else:
+                info = evaluate(cfg, folder, eval_prompts, model_of(cfg, out, r))
+                track_round(tracker, r, info, folder / "samples")
+                _finish(folder, "eval", {"seconds": round(time.perf_counter() - t, 1), "geneval": info["geneval"],
+                                         "understanding": _jsonable(info["understanding"])})
+            task.advance()
     from unirl_kit.loop.report import write_report
 
     report = write_report(out)
     report["seconds_this_run"] = round(time.perf_counter() - t0, 1)
     return report
+
+
+def round_scalars(info: dict[str, Any]) -> dict[str, float]:
+    """A round's eval numbers as tracker scalars: GenEval overall and per tag, every understanding
+    metric (`understanding/<protocol>/<key>`), the eval images' reward means."""
+    geneval = info["geneval"]
+    row = {"geneval/overall": geneval["overall"], **{f"geneval/{t}": v["score"] for t, v in geneval["tags"].items()}}
+    for name, metrics in (info["understanding"].get("protocols") or {}).items():
+        row.update(_numeric_leaves(metrics, f"understanding/{name}"))
+    overall = (info.get("scores") or {}).get("overall") or {}
+    if overall:
+        row["reward/mean"] = overall["total"]["mean"]
+        row.update({f"reward/{n}/mean": s["mean"] for n, s in overall["rewards"].items()})
+    return row
+
+
+def _numeric_leaves(tree: Any, prefix: str) -> dict[str, float]:
+    if isinstance(tree, dict):
+        return {k: v for key, sub in tree.items() for k, v in _numeric_leaves(sub, f"{prefix}/{key}").items()}
+    if isinstance(tree, int | float) and not isinstance(tree, bool):
+        return {prefix: float(tree)}
+    return {}
+
+
+def track_round(tracker: Tracker, round_index: int, info: dict[str, Any], samples: Path, n: int = 8) -> None:
+    """The round's scalars, and a grid of the first image of its first `n` eval prompts."""
+    from unirl_kit.eval.geneval.layout import load_image, scan_images
+    from unirl_kit.generation.outputs import make_grid
+
+    tracker.log_scalars(round_index, round_scalars(info))
+    firsts: dict[str, str] = {}
+    for item in scan_images(samples):
+        firsts.setdefault(item.rel.split("/")[0], item.rel)
+    chosen = list(firsts.values())[:n]
+    if chosen:
+        tracker.log_image("eval/samples", round_index, make_grid([load_image(samples, rel) for rel in chosen]))
 
 
 def _jsonable(obj: Any) -> Any:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import glob
 import json
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +22,7 @@ from unirl_kit.distributed import rank_and_world, wait_for_files
 from unirl_kit.eval.geneval.layout import ImageItem, load_image, scan_images
 from unirl_kit.jsonl import ResumableJsonl, read_json, write_atomic
 from unirl_kit.locking import holds_output_locks, lock_output
+from unirl_kit.progress import Progress
 from unirl_kit.registry import registry
 from unirl_kit.rewards.base import ComposedReward, RewardError, Sample, build_rewards, parse_reward_spec
 from unirl_kit.scoring import summary as summ
@@ -179,8 +179,8 @@ def _score(items: Sequence[ImageItem], store: ResumableJsonl, composed: Composed
     samples_dir = Path(cfg.samples_dir)
     todo = [it for it in items if it.rel not in store.done]
     specs: dict[str, PromptSpec] = {}
-    t0 = time.perf_counter()
-    with _progress(label, len(todo), cfg.progress) as (bar, task):
+    with Progress("score", cfg.progress and rank_and_world()[0] == 0) as progress:
+        task = progress.task(label, len(todo), "images")
         for start in range(0, len(todo), cfg.batch_size):
             samples = [make_sample(samples_dir, it, specs) for it in todo[start:start + cfg.batch_size]]
             try:
@@ -190,8 +190,7 @@ def _score(items: Sequence[ImageItem], store: ResumableJsonl, composed: Composed
                 raise RewardError(f"{exc} (the {len(store.rows)} images scored before are kept in "
                                   f"{store.path}; rerun the same command to resume)") from exc
             store.append(rows)
-            done = start + len(samples)
-            bar.update(task, completed=done, rate=done / max(time.perf_counter() - t0, 1e-9))
+            task.advance(len(samples))
 
 
 @holds_output_locks
@@ -247,22 +246,3 @@ def _in_scan_order(out: Path, merged: ResumableJsonl, items: Sequence[ImageItem]
     if [r["filename"] for r in rows] != [r["filename"] for r in merged.rows]:
         write_atomic(out, "".join(json.dumps(r) + "\n" for r in rows))
     return rows
-
-
-class _progress:
-    """A rich progress bar with samples/s (rank 0 only; disabled by progress=false)."""
-
-    def __init__(self, label: str, total: int, enabled: bool) -> None:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        self.bar = Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(),
-                            TextColumn("{task.fields[rate]:.2f} samples/s"), TimeRemainingColumn(),
-                            disable=not enabled or rank_and_world()[0] != 0 or total == 0, transient=True)
-        self.total = total
-
-    def __enter__(self):
-        self.bar.__enter__()
-        return self.bar, self.bar.add_task("score", total=self.total, rate=0.0)
-
-    def __exit__(self, *exc: Any) -> None:
-        self.bar.__exit__(*exc)

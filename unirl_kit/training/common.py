@@ -1,11 +1,10 @@
 """What both trainers share: processes, the policy on its device, optimizer and schedule, gradient
-sync and clipping, metrics, checkpoints and the final export."""
+sync and clipping, metrics rows, checkpoints and the final export (tracking: unirl_kit/tracking.py)."""
 
 from __future__ import annotations
 
 import contextlib
 import copy
-import json
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -14,7 +13,6 @@ from typing import Any
 
 import torch
 
-from unirl_kit.jsonl import iter_lines, parse_json
 from unirl_kit.schedules import warmup_cosine
 from unirl_kit.training.config import BackboneConfig, LoraConfig, OptimConfig, RunConfig
 from unirl_kit.types import InputError
@@ -213,44 +211,6 @@ def finish_row(row: dict[str, Any], update: dict[str, float], times: dict[str, f
     total = sum(times.values())
     row["images_per_s"] = round(images / total, 3) if total > 0 else 0.0
     return row
-
-
-class MetricsLog:
-    """metrics.jsonl (one line per step; a resumed run first drops lines past its checkpoint) and
-    TensorBoard scalars when tensorboard is installed."""
-
-    def __init__(self, out: Path, resumed_step: int, tensorboard: bool) -> None:
-        self.path = Path(out) / "metrics.jsonl"
-        if self.path.exists():
-            keep = [ln for _, ln in iter_lines(self.path) if _step_of(ln) <= resumed_step]
-            self.path.write_text("".join(ln + "\n" for ln in keep))
-        self.writer = None
-        if tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self.writer = SummaryWriter(str(Path(out) / "tensorboard"))
-            except ImportError:
-                pass
-
-    def write(self, row: dict[str, Any]) -> None:
-        with self.path.open("a") as fh:
-            fh.write(json.dumps(row) + "\n")
-        if self.writer is not None:
-            for key, value in row.items():
-                if isinstance(value, int | float) and key != "step":
-                    self.writer.add_scalar(key, value, row["step"])
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-
-
-def _step_of(line: str) -> int:
-    try:
-        return int(parse_json(line, "metrics.jsonl")["step"])
-    except (ValueError, KeyError, TypeError, OverflowError):  # InputError is a ValueError
-        return 1 << 60  # a torn line: dropped
 
 
 def export_final(policy: Policy, out: Path, rank: int = 0) -> Path | None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from unirl_kit.config import check_ranges
+from unirl_kit.tracking import DEFAULT_REPORT_TO, as_list, check_report_to, with_old_tensorboard_key
 from unirl_kit.types import InputError
 
 LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo")
@@ -67,8 +68,17 @@ class RunConfig:
     checkpoint_every: int = 10
     keep_checkpoints: int = 2
     log_every: int = 1
-    progress: bool = True
-    tensorboard: bool = True  # when tensorboard is installed
+    progress: bool = True  # a bar on a terminal; in a log (no terminal) a line every $UNIRL_LOG_EVERY_S seconds
+    # where scalars go (TRL's word): jsonl (metrics.jsonl), tensorboard, wandb (unirl_kit/tracking.py); one
+    # name alone or `none` also work and are saved as a list
+    report_to: list[str] | str = field(default_factory=lambda: list(DEFAULT_REPORT_TO))
+    tensorboard: bool | None = None  # the old key, read into report_to: false drops tensorboard, true keeps it
+
+    def __post_init__(self) -> None:
+        self.report_to = as_list(self.report_to)
+        if self.tensorboard is not None:
+            self.report_to = with_old_tensorboard_key(self.report_to, self.tensorboard, "run")
+            self.tensorboard = None
 
 
 @dataclass
@@ -121,6 +131,7 @@ def check_grpo(cfg: GRPOConfig, world: int = 1) -> None:
                          f"got {cfg.target}")
     check_fsdp(cfg.backbone, cfg.lora, world)
     check_optim(cfg.optim)
+    check_report_to(cfg.run.report_to, "run.report_to")
 
 
 def check_fsdp(backbone: BackboneConfig, lora: LoraConfig, world: int) -> None:
@@ -228,3 +239,4 @@ def check_sft(cfg: SFTConfig, world: int = 1) -> None:
         raise InputError("e2e: und_weight and gen_weight are both 0; nothing to train")
     check_fsdp(cfg.backbone, cfg.lora, world)
     check_optim(cfg.optim)
+    check_report_to(cfg.run.report_to, "run.report_to")

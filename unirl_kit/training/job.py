@@ -3,6 +3,7 @@ resume (refusing another recipe's checkpoints), the step loop, metrics, checkpoi
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Callable
@@ -12,11 +13,13 @@ from typing import Any
 import torch
 
 from unirl_kit.backbones.base import resolve_cfg_scale
+from unirl_kit.backbones.loading import no_transformers_bars
 from unirl_kit.checkpoint import latest_checkpoint
-from unirl_kit.config import check_same_run, write_run_info
+from unirl_kit.config import check_same_run, to_dict, write_run_info
 from unirl_kit.locking import holds_output_locks, lock_output
+from unirl_kit.progress import Progress
+from unirl_kit.tracking import Tracker
 from unirl_kit.training.common import (
-    MetricsLog,
     Policy,
     build_optimizer,
     build_policy,
@@ -76,28 +79,33 @@ def run_job(cfg: Any, resume: bool, *, check: Callable[[Any, int], None], stamp:
                          f"extends a run, so give run.steps >= {start}")
     if rank == 0:
         write_run_info(out, cfg, stamp["config"])
-    log = MetricsLog(out, start, cfg.run.tensorboard) if rank == 0 else None
-    from unirl_kit.training.progress import StepProgress
-
     t0 = time.perf_counter()
     last: dict[str, Any] = {}
-    with StepProgress(cfg.run.steps, start, enabled=cfg.run.progress and rank == 0) as progress:
+    tracker = Tracker(out, cfg.run.report_to, start, to_dict(cfg), str(out)) if rank == 0 else None
+    with tracker or contextlib.nullcontext(), Progress("train", cfg.run.progress and rank == 0,
+                                                       transient=False) as progress:
+        task = progress.task(stamp["config"], cfg.run.steps, "steps", completed=start)
         for step in range(start, cfg.run.steps):
             last = train_step(policy, optimizer, reward, pool, step, cfg, rank, world)
-            if log is not None and (step + 1) % cfg.run.log_every == 0:
-                log.write(last)
-            progress.update(step + 1, last)
+            if tracker is not None and (step + 1) % cfg.run.log_every == 0:
+                tracker.log_scalars(step + 1, last)
+            task.update(step + 1, step_info(last))
             if (step + 1) % cfg.run.checkpoint_every == 0 or step + 1 == cfg.run.steps:
                 _checkpoint(policy, optimizer, out / "checkpoints", step + 1, stamp, cfg.run.keep_checkpoints, rank)
                 _barrier(world)
-    if log is not None:
-        log.close()
-    final = export_final(policy, out, rank)
+    with no_transformers_bars():  # its shard-writing bar would be tqdm lines in a log file
+        final = export_final(policy, out, rank)
     summary = {"steps": cfg.run.steps, **{k: v for k, v in stamp.items() if k != "config"}, "started_at": start,
                "seconds": round(time.perf_counter() - t0, 1), "final": str(final) if final else None, "last": last}
     if rank == 0:
         (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def step_info(metrics: dict[str, Any]) -> str:
+    """What the progress line shows of a step besides the count, rate and ETA: its reward or losses."""
+    keys = [k for k in ("reward/mean", "und_reward/mean", "loss/gen", "loss/und", "loss/sft") if k in metrics]
+    return " ".join(f"{k.split('/')[0] if k.endswith('mean') else k}={metrics[k]:.3f}" for k in keys)
 
 
 def _checkpoint(policy: Policy, optimizer: torch.optim.Optimizer, root: Path, step: int, stamp: dict[str, str],

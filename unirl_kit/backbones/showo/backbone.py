@@ -17,7 +17,7 @@ log-prob of a token is taken at the step it was revealed, so `generate` returns 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import ClassVar
 
@@ -150,7 +150,8 @@ class ShowoBackbone:
 
     # ---- generation ------------------------------------------------------------------------------
     def generate(self, prompts: Sequence[str], group_size: int = 1, seeds: Seeds = 0, cfg_scale: float | None = None,
-                 temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None) -> GenerationBatch:
+                 temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+                 on_step: Callable[[float], None] | None = None) -> GenerationBatch:
         check_sampling(group_size)
         if top_k is not None or top_p is not None:
             raise InputError("top_k / top_p: not used by Show-o's MaskGIT decoding; leave them null")
@@ -163,7 +164,8 @@ class ShowoBackbone:
         rows, mask = self._rows(prompts, group_size, cfg_scale)
         uniforms = None if temperature <= 0 else uniform_stream(row_seeds, maskgit_uniform_count(t, self.timesteps))
         codes, step_of, logprobs = sample_maskgit(self.model, rows, mask, t, self.offset, self.codebook_size,
-                                                  self.mask_id, self.timesteps, cfg_scale, temperature, uniforms)
+                                                  self.mask_id, self.timesteps, cfg_scale, temperature, uniforms,
+                                                  on_step)
         return GenerationBatch(self.decode_tokens(codes), codes, logprobs, row_seeds, step_of)
 
     def image_logprobs(self, prompts: Sequence[str], tokens: torch.Tensor, cfg_scale: float | None = None,

@@ -28,6 +28,7 @@ conditional ones); the image tokens are columns [L - 1 - T, L - 1). `mask` is th
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 
@@ -90,11 +91,12 @@ def _gumbel(u: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def sample_maskgit(model, rows: torch.Tensor, mask: torch.Tensor, num_tokens: int, codebook_offset: int,
                    codebook_size: int, mask_id: int, timesteps: int, cfg_scale: float, temperature: float,
-                   uniforms_per_image: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                   uniforms_per_image: torch.Tensor | None, on_step: Callable[[float], None] | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(codes [N, T] in [0, codebook_size), step_of_token [N, T], logprobs [N, T] fp32), all on CPU.
 
     `uniforms_per_image`: [N, maskgit_uniform_count(T, timesteps)] (float64, `uniform_stream`); None
-    only when temperature <= 0 (greedy)."""
+    only when temperature <= 0 (greedy). on_step: called with the share of the steps done after each."""
     device = unwrap(model).device
     n, per = _rows_per_image(rows, cfg_scale)
     greedy = temperature <= 0
@@ -137,6 +139,8 @@ def sample_maskgit(model, rows: torch.Tensor, mask: torch.Tensor, num_tokens: in
         step_of = torch.where(reveal, torch.full_like(step_of, step), step_of)
         state = torch.where(step_of >= 0, codes + codebook_offset, torch.full_like(codes, mask_id))
         ids[:, image] = state.repeat(per, 1)
+        if on_step is not None:
+            on_step((step + 1) / timesteps)
     return codes.cpu(), step_of.cpu(), logprobs.cpu()
 
 

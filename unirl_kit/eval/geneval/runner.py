@@ -113,12 +113,12 @@ def _check_same_run(out: Path, cfg: GenevalConfig) -> None:
 
 def _score(items: list[ImageItem], store: ResumableJsonl, detector: Any, colors: Any,
            cfg: GenevalConfig, label: str) -> None:
-    from rich.progress import Progress
+    from unirl_kit.progress import Progress
 
     todo = [it for it in items if it.filename not in store.done]
     images_dir = Path(cfg.images_dir)
-    with Progress(disable=not cfg.progress or not todo, transient=True) as bar:
-        task = bar.add_task(label, total=len(todo))
+    with Progress("eval.geneval", cfg.progress and rank_and_world()[0] == 0) as progress:
+        task = progress.task(label, len(todo), "images")
         for start in range(0, len(todo), cfg.batch_size):
             batch = todo[start:start + cfg.batch_size]
             images = [load_image(images_dir, it.rel) for it in batch]
@@ -127,7 +127,7 @@ def _score(items: list[ImageItem], store: ResumableJsonl, detector: Any, colors:
                 raise RuntimeError(f"detector {cfg.detector!r} returned {len(dets)} results for {len(batch)} images")
             store.append(judge_item(it, img, d, colors, cfg.rules)
                          for it, img, d in zip(batch, images, dets, strict=True))
-            bar.advance(task, len(batch))
+            task.advance(len(batch))
 
 
 @holds_output_locks

@@ -21,6 +21,7 @@ from unirl_kit.eval.understanding.common import results_path
 from unirl_kit.eval.understanding.protocols import Context, plan
 from unirl_kit.jsonl import read_json, write_atomic
 from unirl_kit.locking import holds_output_locks, lock_output
+from unirl_kit.progress import Progress
 from unirl_kit.types import InputError
 
 
@@ -128,19 +129,6 @@ def _check(cfg: UnderstandingConfig) -> None:
     check_ranges(cfg)
 
 
-def _progress(enabled: bool) -> tuple[Any, Any]:
-    """A rich progress bar and the `(label, total) -> advance` function the protocols call."""
-    from rich.progress import Progress
-
-    bar = Progress(disable=not enabled, transient=True)
-
-    def start(label: str, total: int) -> Any:
-        task = bar.add_task(label, total=total)
-        return lambda n: bar.advance(task, n)
-
-    return bar, start
-
-
 def build_backbone(cfg: UnderstandingConfig) -> Any:
     """The configured backbone; an unknown name fails before torch loads."""
     from unirl_kit.registry import registry
@@ -162,13 +150,13 @@ def run_understanding(cfg: UnderstandingConfig, backbone: Any = None) -> dict[st
     results = {name: _finished(out, name, fps[name]) for name in tasks}
     lock_output(out)
     todo = [name for name in tasks if results[name] is None]
-    bar, start = _progress(cfg.progress)
-    ctx = Context(cfg.batch_size, cfg.max_new_tokens, start)
-    if results.get("geneval_correct") is not None:  # imbalance reuses the answers already given
-        ctx.self_answers.update((r["image"], r["answer"]) for r in results["geneval_correct"]["rows"])
     if todo and backbone is None:
         backbone = build_backbone(cfg)
-    with bar:
+    with Progress("eval.understanding", cfg.progress) as progress:
+        ctx = Context(cfg.batch_size, cfg.max_new_tokens,
+                      lambda label, total: progress.task(label, total, "answers").advance)
+        if results.get("geneval_correct") is not None:  # imbalance reuses the answers already given
+            ctx.self_answers.update((r["image"], r["answer"]) for r in results["geneval_correct"]["rows"])
         for name in todo:
             t0 = time.perf_counter()
             result = tasks[name](backbone, ctx)
