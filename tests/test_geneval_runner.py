@@ -23,7 +23,7 @@ from unirl_kit.registry import registry
 from unirl_kit.types import GENEVAL_COLORS, GENEVAL_TAGS, InputError
 from unirl_kit.worlds.shapes.dataset import render_prompt_set
 
-FIELDS = ["filename", "tag", "prompt", "correct", "reason", "metadata", "details"]
+FIELDS = ["filename", "image", "tag", "prompt", "correct", "reason", "metadata", "details"]
 # how many official lines of each tag go into the test folder (unequal, so the unweighted mean of
 # per-tag means differs from the pooled image mean)
 PER_TAG = {"single_object": 3, "two_object": 4, "counting": 5, "colors": 6, "position": 6, "color_attr": 6}
@@ -336,7 +336,7 @@ def check_rows(rows: list[dict], data: OfficialSet) -> None:
     assert len(rows) == len(data.expected)
     for row, exp in zip(rows, data.expected, strict=True):
         assert list(row) == FIELDS
-        assert row["filename"] == str(data.images / exp["rel"])
+        assert row["filename"] == str(data.images / exp["rel"]) and row["image"] == exp["rel"]
         assert row["tag"] == exp["tag"] and row["prompt"] == exp["prompt"]
         assert row["correct"] is exp["correct"], (row["filename"], row["reason"])
         assert row["reason"] == exp["reason"], row["filename"]

@@ -33,7 +33,7 @@ from unirl_kit.worlds.shapes.render import render_scene
 PLAN = [("single_object", (None, None)), ("counting", (None, "count")), ("counting", ("count", "missing"))]
 GENEVAL_SCORES = [1.0, 1.0, 1.0, 0.0, 0.0, 0.0]
 TOKEN_LEN = 4
-FIELDS = ["filename", "prompt_index", "image_index", "tag", "prompt", "reward", "rewards", "answer", "details"]
+FIELDS = ["filename", "image", "prompt_index", "image_index", "tag", "prompt", "reward", "rewards", "answer", "details"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -171,6 +171,30 @@ def test_one_line_per_image_with_its_fields(samples, tmp_path):
     for name in ("scores.config.yaml", "scores.versions.json", "scores.rewards.json", "scores_summary.json"):
         assert (out.parent / name).is_file(), name
     assert not (samples / "config.yaml").exists() and not (samples / "scores.jsonl").exists()
+
+
+def test_scores_and_geneval_results_join_on_image(samples, tmp_path, monkeypatch):
+    """results.jsonl's `filename` carries the folder as typed; `image` is the same in both files."""
+    from unirl_kit.eval.geneval.runner import GenevalConfig, run_geneval
+
+    score(samples, tmp_path / "scores.jsonl", [GENEVAL])
+    monkeypatch.chdir(samples.parent)
+    run_geneval(GenevalConfig(images_dir=samples.name, out=str(tmp_path / "ge"), progress=False))
+    scores = {r["image"]: r for r in read_rows(tmp_path / "scores.jsonl")}
+    results = {r["image"]: r for r in read_rows(tmp_path / "ge" / "results.jsonl")}
+    assert len(scores) == 6 and scores.keys() == results.keys()
+    for image, row in results.items():
+        assert row["filename"] == f"{samples.name}/{image}" != scores[image]["filename"] == image
+        assert scores[image]["rewards"][GENEVAL] == float(row["correct"])
+
+
+def test_rows_written_before_the_join_key_get_it(samples, tmp_path):
+    out = tmp_path / "scores.jsonl"
+    score(samples, out, [GENEVAL])
+    fresh = out.read_text()
+    out.write_text("".join(json.dumps({k: v for k, v in r.items() if k != "image"}) + "\n" for r in read_rows(out)))
+    score(samples, out, [GENEVAL])  # resumes: nothing left to score, the old rows are rewritten with `image`
+    assert out.read_text() == fresh
 
 
 class AnsweringBackbone:

@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from unirl_kit.jsonl import read_jsonl
+from unirl_kit.prompts.sources import iter_prompt_rows
 from unirl_kit.types import RELATIONS, InputError, PromptSpec, Requirement
 
 _KNOWN = {"tag", "prompt", "include", "exclude", "question", "answer"}
@@ -70,8 +70,8 @@ def parse_spec(obj: Any, where: str) -> PromptSpec:
 
 
 def read_prompts(path: Path) -> list[PromptSpec]:
-    """All metadata lines of a prompts/metadata JSONL file."""
-    return [parse_spec(obj, f"{path}:{lineno}") for lineno, obj in read_jsonl(path)]
+    """All metadata rows of a prompts file: JSONL, parquet or a `datasets` folder (`prompts.sources`)."""
+    return [parse_spec(obj, where) for where, obj in iter_prompt_rows(Path(path))]
 
 
 def write_prompts(specs: Iterable[PromptSpec], path: Path) -> None:

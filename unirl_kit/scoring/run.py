@@ -19,7 +19,7 @@ from typing import Any
 
 from unirl_kit.config import check_ranges, to_dict, write_run_info
 from unirl_kit.distributed import rank_and_world, wait_for_files
-from unirl_kit.eval.geneval.layout import ImageItem, load_image, scan_images
+from unirl_kit.eval.geneval.layout import JOIN_KEY, ImageItem, load_image, scan_images, with_join_key
 from unirl_kit.jsonl import ResumableJsonl, read_json, write_atomic
 from unirl_kit.locking import holds_output_locks, lock_output
 from unirl_kit.progress import Progress
@@ -169,7 +169,7 @@ def make_row(sample: Sample, total: float, record: dict[str, Any]) -> dict[str, 
                               "details must be plain numbers, strings, lists and dicts") from None
     qa = record["details"].get(ANSWER_REWARD)
     answer = qa.get("answer") if isinstance(qa, dict) else None
-    return {"filename": sample.path, "prompt_index": sample.prompt_index, "image_index": sample.image_index,
+    return {"filename": sample.path, JOIN_KEY: sample.path, "prompt_index": sample.prompt_index, "image_index": sample.image_index,
             "tag": sample.spec.tag, "prompt": sample.spec.prompt, "reward": total, "rewards": record["rewards"],
             "answer": answer, "details": record["details"]}
 
@@ -243,6 +243,8 @@ def _in_scan_order(out: Path, merged: ResumableJsonl, items: Sequence[ImageItem]
     """The rows of images still in the folder, in scan order; the file is rewritten if that differs."""
     order = {it.rel: i for i, it in enumerate(items)}
     rows = sorted((r for r in merged.rows if r["filename"] in order), key=lambda r: order[r["filename"]])
-    if [r["filename"] for r in rows] != [r["filename"] for r in merged.rows]:
+    keyless = any(JOIN_KEY not in r for r in rows)  # rows written before the key existed get it now
+    rows = [r if JOIN_KEY in r else with_join_key(r, r["filename"]) for r in rows]
+    if keyless or [r["filename"] for r in rows] != [r["filename"] for r in merged.rows]:
         write_atomic(out, "".join(json.dumps(r) + "\n" for r in rows))
     return rows

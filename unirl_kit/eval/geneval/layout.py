@@ -17,6 +17,10 @@ from unirl_kit.types import InputError, PromptSpec
 _DIGITS = re.compile(r"^\d+$")
 _IMAGE = re.compile(r"^\d+\.png$")
 LAYOUT_HINT = "expected IMAGES_DIR/00000/metadata.jsonl and IMAGES_DIR/00000/samples/0000.png"
+# Both per-image files of a folder (`unirl eval geneval`'s results.jsonl, `unirl score`'s scores.jsonl)
+# carry `image`: the path inside the folder ("00000/samples/0000.png"). GenEval's own `filename` is the
+# folder as given on the command line joined with it, so only `image` joins the two wherever each ran from.
+JOIN_KEY = "image"
 
 
 @dataclass
@@ -25,6 +29,13 @@ class ImageItem:
     filename: str  # the official `filename` field: the images folder as given, joined with rel
     spec: PromptSpec
     metadata: dict[str, Any]  # the metadata line verbatim, for the official `metadata` field
+
+
+def with_join_key(row: dict[str, Any], rel: str) -> dict[str, Any]:
+    """`row` with `image` = `rel` right after `filename` (the field order new rows have)."""
+    items = [(k, v) for k, v in row.items() if k != JOIN_KEY]
+    at = next((i + 1 for i, (k, _) in enumerate(items) if k == "filename"), 0)
+    return dict([*items[:at], (JOIN_KEY, rel), *items[at:]])
 
 
 def scan_images(images_dir: Path) -> list[ImageItem]:

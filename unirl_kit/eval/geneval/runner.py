@@ -11,7 +11,7 @@ from typing import Any
 from unirl_kit.config import check_ranges, to_dict, write_run_info
 from unirl_kit.distributed import rank_and_world, wait_for_files
 from unirl_kit.eval.geneval import summary as summ
-from unirl_kit.eval.geneval.layout import ImageItem, load_image, scan_images
+from unirl_kit.eval.geneval.layout import JOIN_KEY, ImageItem, load_image, scan_images, with_join_key
 from unirl_kit.eval.geneval.rules import RuleOptions, evaluate, keep_detections
 from unirl_kit.jsonl import ResumableJsonl, write_atomic
 from unirl_kit.locking import holds_output_locks, lock_output
@@ -80,6 +80,7 @@ def judge_item(item: ImageItem, image: Any, detections: list, colors: Any, rules
     verdict = verdict_for(item.spec, image, detections, colors, rules)
     return {
         "filename": item.filename,
+        JOIN_KEY: item.rel,
         "tag": item.spec.tag,
         "prompt": item.spec.prompt,
         "correct": verdict.correct,
@@ -165,7 +166,9 @@ def run_geneval(cfg: GenevalConfig) -> dict[str, Any]:
             merged.append(ResumableJsonl(out / f"results.rank{r}.jsonl", key, RESULT_FIELDS).rows)
     order = {it.filename: i for i, it in enumerate(items)}
     rows = sorted((r for r in merged.rows if r["filename"] in order), key=lambda r: order[r["filename"]])
-    if len(rows) != len(merged.rows) or [r["filename"] for r in merged.rows] != [r["filename"] for r in rows]:
+    keyless = any(JOIN_KEY not in r for r in rows)  # rows written before the key existed get it now
+    rows = [r if JOIN_KEY in r else with_join_key(r, items[order[r["filename"]]].rel) for r in rows]
+    if keyless or len(rows) != len(merged.rows) or [r["filename"] for r in merged.rows] != [r["filename"] for r in rows]:
         write_atomic(out / RESULTS, "".join(json.dumps(r) + "\n" for r in rows))
     for stale in [*out.glob("results.rank*.jsonl"), *out.glob("rank*.done")]:
         stale.unlink(missing_ok=True)
