@@ -168,6 +168,8 @@ def test_gen_rs_with_nothing_kept_makes_no_update(model_dir, prompts_file, tmp_p
     ("gumbel_tau=0", "gumbel_tau"),
     ("gen_weight=1.0", "gen_weight"),  # mode und
     ("optim.lr=0", "optim.lr"),
+    ("focus=1", "focus"),  # mode und
+    ("focus=-1", "focus"),
 ])
 def test_invalid_settings_fail_before_loading_a_model(prompts_file, tmp_path, override, message):
     out = tmp_path / "out"
@@ -193,3 +195,18 @@ def test_cli(unirl_cli, model_dir, prompts_file, tmp_path):
                    f"run.out={tmp_path / 'cli'}", "run.progress=false")
     assert json.loads(ok.stdout.strip().splitlines()[-1])["steps"] == 1
     assert (tmp_path / "cli" / "final" / "config.json").is_file()
+
+
+def test_focus_weights_each_token_by_its_doubt():
+    """(1 - p)^focus times log p, summed per row; a token the model is sure of adds (almost) nothing."""
+    import math
+
+    from unirl_kit.training.sft import focused
+
+    logp = torch.log(torch.tensor([[0.5, 0.999], [0.1, 0.9]], dtype=torch.float64)).requires_grad_()
+    assert torch.equal(focused(logp, 0.0), logp.sum(-1))
+    out = focused(logp, 2.0)
+    want = [0.25 * math.log(0.5) + 1e-6 * math.log(0.999), 0.81 * math.log(0.1) + 0.01 * math.log(0.9)]
+    assert out.tolist() == pytest.approx(want)
+    out.sum().backward()  # the weight is a constant: the gradient is the weight itself
+    assert logp.grad.flatten().tolist() == pytest.approx([0.25, 1e-6, 0.81, 0.01])

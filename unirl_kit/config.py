@@ -247,6 +247,7 @@ RANGES: dict[str, Range] = {
     "GRPOConfig.und_temperature": Range(0, low_open=True, why="answers are sampled; 0 would be greedy"),
     "GRPOConfig.und_max_new_tokens": COUNT,
     "SFTConfig.keep_top": Range(0, why="0 = off"), "SFTConfig.gumbel_tau": POSITIVE, "SFTConfig.dpo_beta": POSITIVE,
+    "SFTConfig.focus": Range(0, why="0 = the plain NLL"),
     "SFTConfig.threshold": Range(),  # a reward value: any finite number
     # loop, prompts, render, eval
     "LoopConfig.rounds": NON_NEGATIVE, "LoopConfig.n_train": COUNT, "LoopConfig.n_eval": COUNT,

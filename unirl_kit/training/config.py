@@ -183,6 +183,10 @@ class SFTConfig:
     rewards: list[str] = field(default_factory=lambda: ["self-qa"])  # gen-rs only
     reward_options: dict = field(default_factory=dict)
     gumbel_tau: float = 1.0  # e2e: Gumbel-softmax temperature
+    # gen-rs / distill: each image token's NLL weighted by (1 - p)^focus, p the token's probability under the
+    # policy (detached): the few tokens where the model was unsure (which colour, which shape, where) carry
+    # the update, not the many it already predicts (background); 0 = the plain NLL
+    focus: float = 0.0
     dpo_beta: float = 0.1  # dpo: beta of -log sigmoid(beta * (chosen - rejected log-ratio margin))
     und_weight: float = 1.0  # e2e: weight of the answer NLL
     gen_weight: float = 0.0  # e2e: weight of the conditional NLL of the sampled image tokens (0: off)
@@ -235,6 +239,9 @@ def check_sft(cfg: SFTConfig, world: int = 1) -> None:
     if cfg.mode != "e2e" and (cfg.und_weight != 1.0 or cfg.gen_weight != 0.0):
         raise InputError(f"und_weight / gen_weight: only mode e2e combines two losses; mode {cfg.mode} has one "
                          "(leave them at 1.0 / 0.0)")
+    if cfg.focus != 0 and cfg.mode not in ("gen-rs", "distill"):
+        raise InputError(f"focus: weights the image-token NLL of modes gen-rs and distill; mode {cfg.mode} has "
+                         "none (leave it at 0)")
     if cfg.mode == "e2e" and cfg.und_weight == 0 and cfg.gen_weight == 0:
         raise InputError("e2e: und_weight and gen_weight are both 0; nothing to train")
     check_fsdp(cfg.backbone, cfg.lora, world)

@@ -26,7 +26,10 @@ nor the number of processes changes them:
   they were sampled from (`logprob: guided`, the CFG mix at the sampling temperature: measured on
   tiny-shapes, training the conditional branch alone on guided samples and then sampling with guidance
   again compounds the guidance and the judge's reward fell 5x in 100 steps), or the conditional
-  branch alone (`logprob: conditional`, cfg 1, temperature 1, as pre-training trains it).
+  branch alone (`logprob: conditional`, cfg 1, temperature 1, as pre-training trains it). With
+  `focus` > 0 each token's NLL is weighted by (1 - p)^focus (p its probability, detached; focal loss):
+  most image tokens are background the model already predicts, and the plain mean spends the update
+  on memorising them rather than on the few uncertain tokens where an image goes right or wrong.
 - dpo: Diffusion-DPO / DPO on image pairs: -log sigmoid(beta * ((log pi(w) - log ref(w)) - (log pi(l) -
   log ref(l)))) with log-probs summed over the image tokens (as `logprob` says), ref the frozen starting
   weights, mean over pairs. Why beside the NLL: measured on tiny-shapes, distilling even the detector's
@@ -151,7 +154,7 @@ def micro_terms(policy: Policy, data: SFTBatch, rows: list[int], step: int, cfg:
     if cfg.mode == "dpo":
         return dpo_terms(policy, data, rows, cfg)
     if cfg.mode in ("gen-rs", "distill"):
-        return {"gen": -image_logp(policy, data, rows, cfg).sum()}
+        return {"gen": -focused(image_logp(policy, data, rows, cfg, per_token=True), cfg.focus).sum()}
     prompts = [data.prompt(i) for i in rows]
     tokens = data.batch.tokens[rows].to(b.device)
     logits = b.generation_logits(prompts, tokens).float()
@@ -171,14 +174,23 @@ def dpo_loss(policy_logp: torch.Tensor, ref_logp: torch.Tensor, beta: float) -> 
     return -F.logsigmoid(beta * margin).sum(), margin.detach()
 
 
-def image_logp(policy: Policy, data: SFTBatch, rows: list[int], cfg: SFTConfig) -> torch.Tensor:
-    """[len(rows)] log-probs of the rows' image tokens, summed, under the distribution `logprob` names
-    (gen-rs, distill and dpo)."""
+def image_logp(policy: Policy, data: SFTBatch, rows: list[int], cfg: SFTConfig, per_token: bool = False
+               ) -> torch.Tensor:
+    """[len(rows)] log-probs of the rows' image tokens, summed (or [len(rows), tokens] with `per_token`),
+    under the distribution `logprob` names (gen-rs, distill and dpo)."""
     b = policy.backbone
     scale = cfg.sampling.cfg_scale if cfg.logprob == "guided" else 1.0
     trajectory = None if data.batch.trajectory is None else data.batch.trajectory[rows]
-    return b.image_logprobs([data.prompt(i) for i in rows], data.batch.tokens[rows].to(b.device), cfg_scale=scale,
-                            temperature=cfg.sampling.temperature, trajectory=trajectory).sum(-1)
+    logp = b.image_logprobs([data.prompt(i) for i in rows], data.batch.tokens[rows].to(b.device), cfg_scale=scale,
+                            temperature=cfg.sampling.temperature, trajectory=trajectory)
+    return logp if per_token else logp.sum(-1)
+
+
+def focused(logp: torch.Tensor, focus: float) -> torch.Tensor:
+    """Per-row sums of token log-probs weighted by (1 - p)^focus (p = exp(logp), detached): focal loss."""
+    if focus == 0:
+        return logp.sum(-1)
+    return ((1 - logp.detach().exp()).clamp_min(0) ** focus * logp).sum(-1)
 
 
 def reference_logp(policy: Policy, data: SFTBatch, chunks: list[list[int]], cfg: SFTConfig) -> torch.Tensor:
