@@ -267,3 +267,13 @@ def test_from_yaml_and_overrides_on_any_dataclass(tmp_path):
     path.write_text("inner:\n  x: 2\nname: b\n")
     cfg = load_config(_Outer, path, {"name": "c"}, ["inner.x=3"])
     assert cfg == _Outer(_Inner(3), "c")
+
+
+def test_launch_lines_in_config_headers_are_runnable():
+    """torchrun runs a script or `-m module`; the `unirl` console script is neither."""
+    root = Path(__file__).resolve().parents[1]
+    lines = [(p.name, line) for p in sorted((root / "configs").rglob("*.yaml"))
+             for line in p.read_text().splitlines() if "torchrun " in line]
+    assert lines
+    bad = [(name, line) for name, line in lines if "-m unirl_kit.cli " not in line]
+    assert not bad, bad
