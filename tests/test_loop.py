@@ -129,7 +129,7 @@ def test_gpu_loop_configs_run_with_a_tiny_random_janus(small_janus, tmp_path, na
 
 def test_loop_offline_raft_round_and_paired_report(small_janus, tmp_path):
     """`train: raft`: the round draws and judges images of the training prompts, distills the best of each,
-    and the report gives the paired GenEval delta with its n and interval."""
+    and the report gives the paired GenEval delta with its n (3 prompts: too few for an interval)."""
     from unirl_kit.loop.run import run_loop
     from unirl_kit.testing.rewards import LOW_TOKENS, register_test_rewards
 
@@ -143,6 +143,9 @@ def test_loop_offline_raft_round_and_paired_report(small_janus, tmp_path):
     assert len((folder / "train_samples" / "scores.jsonl").read_text().splitlines()) == 6 * 2
     rows = [json.loads(line) for line in (folder / "train" / "metrics.jsonl").read_text().splitlines()]
     assert [r["kept"] for r in rows] == [2, 2]
-    paired = report["paired"]["all"]["overall"]
-    assert paired["prompts"] == 3 and paired["images"] == 6 and len(paired["ci"]) == 2
-    assert "n = 3 prompts / 6 images" in (out / "report.md").read_text()
+    paired = report["delta"]["geneval"]["overall"]
+    assert paired["prompts"] == 3 and paired["images"] == 6 and paired["paired"]
+    assert paired["ci"] is None and paired["note"] == "no interval: n < 4"  # 3 prompts: too few for one
+    md = (out / "report.md").read_text()
+    assert "(no interval: n < 4), n = 3 prompts / 6 images" in md
+    assert (folder / "contact_sheet.png").is_file() and "round-001/contact_sheet.png" in md

@@ -61,6 +61,7 @@ def _round(loop: Path, r: int, spec: dict, parts: set[str]) -> None:
                              "metadata": json.dumps({"i": i}), "details": "{}"})
                 seen[tag] += 1
         _write(folder / "geneval" / "summary.json", geneval_summary(rows))
+        (folder / "geneval" / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     if "scores" in parts:
         rows = [{"prompt_index": i, "tag": tag, "prompt": f"p{i}", "reward": spec["reward"],
                  "rewards": {"self-qa": spec["reward"]}} for i, tag in enumerate(TAGS) for _ in range(2)]
@@ -76,10 +77,18 @@ def _round(loop: Path, r: int, spec: dict, parts: set[str]) -> None:
                                    "gen_right_share": 0.5, "und_right_share": 0.5}}
         _write(folder / "understanding" / "summary.json",
                {"backbone": "tiny-shapes", "model": None, "protocols": protocols, "seconds": {}})
+        clean_rows = [{"protocol": "clean", "tag": t, "prompt": f"c{j}", "correct": j < round(10 * acc)}
+                      for t, acc in spec["clean"].items() for j in range(10)]  # 10 renders per tag, same each round
+        own = [{"protocol": "geneval_correct", "image": f"{i:05d}/samples/0000.png", "prompt_key": f"{i:05d}",
+                "tag": t, "correct": c} for i, (t, c) in enumerate(spec["selfqa"])]
+        verdicts = [{"protocol": "imbalance", "prompt_key": k, "images": 2, "gen_right": g, "und_right": u}
+                    for k, g, u in zip(keys, spec["gen"], spec["und"], strict=True)]
+        (folder / "understanding" / "rows.jsonl").write_text(
+            "".join(json.dumps(r) + "\n" for r in [*clean_rows, *own, *verdicts]))
     if r > 0:
         _write(folder / "train.done.json", {"seconds": 12.5, "grpo": {"steps": 4}})
         (folder / "train").mkdir()
-        (folder / "train" / "config.yaml").write_text("command: train grpo\nrun:\n  steps: 4\n")
+        (folder / "train" / "config.yaml").write_text("command: train grpo\nprompts_per_step: 4\nrun:\n  steps: 4\n")
         steps = [{"step": s, "reward/mean": 0.1 * s, "reward/std": 0.05, "reward/self-qa/mean": 0.1 * s,
                   "zero_std_share/gen": 0.25, "loss/gen": -0.01 * s, "kl/gen": float("nan") if s == 2 else 0.001,
                   "lr": 1e-5, "time/generate": 1.5} for s in range(1, 5)]
@@ -97,6 +106,13 @@ def loop(tmp_path: Path) -> Path:
     return out
 
 
+def plain(tree: object) -> object:
+    """A delta tree with each {delta, ci, n...} entry cut to its delta."""
+    if isinstance(tree, dict):
+        return tree["delta"] if "delta" in tree else {k: plain(v) for k, v in tree.items()}
+    return tree
+
+
 def test_numbers_and_deltas(loop: Path) -> None:
     report = write_report(loop)
     assert report == json.loads((loop / "report.json").read_text())
@@ -104,7 +120,7 @@ def test_numbers_and_deltas(loop: Path) -> None:
     r0, r1 = report["rounds"]
     assert r0["geneval"]["tags"] == {"single_object": 0.5, "counting": 0.25} and r0["geneval"]["overall"] == 0.375
     assert r1["geneval"]["overall"] == 0.5 and r0["training"] is None and not r0["trained"]
-    d = report["delta"]
+    d = plain(report["delta"])
     assert (d["from_round"], d["to_round"]) == (0, 1)
     assert d["geneval"] == {"overall": 0.125, "tags": {"single_object": 0.25, "counting": 0.0}}
     assert d["understanding"]["clean"] == {"overall": 0.1, "accuracy": {"single_object": 0.2, "counting": 0.0}}
@@ -121,6 +137,7 @@ def test_numbers_and_deltas(loop: Path) -> None:
     assert r1["train_seconds"] == 12.5 and r1["trained"] and r1["evaluated"]
     assert r1["step_seconds"] == 6.0 and r0["step_seconds"] is None  # 4 logged steps x 1.5 s of generate
     assert report["figures"] == {name: f"figures/{name}.png" for name in FIGURES}
+    assert [r["contact_sheet"] for r in report["rounds"]] == ["round-000/contact_sheet.png", "round-001/contact_sheet.png"]
 
 
 def test_markdown_tables(loop: Path) -> None:
@@ -131,11 +148,11 @@ def test_markdown_tables(loop: Path) -> None:
                     "### Understanding accuracy: own images judged correct", "### Imbalance", "## Per round",
                     "## What changed", "## Figures"):
         assert heading in md
-    assert "| task | round 0 | round 1 | Δ |" in md
-    assert "| single_object | 0.500 | 0.750 | +0.250 |" in md
-    assert "| overall | 0.375 | 0.500 | +0.125 |" in md
-    assert "| imbalance (sum) | 0.500 | 0.250 | -0.250 |" in md
-    assert "GenEval overall: 0.375 → 0.500 (+0.125)." in md
+    assert "| task | round 0 | round 1 | Δ [95% CI] | n (prompts / images) |" in md
+    assert "| single_object | 0.500 | 0.750 | +0.250 [+0.000, +0.750] | 4 / 8 |" in md
+    assert "| overall | 0.375 | 0.500 | +0.125 [+0.000, +0.375] | 8 / 16 |" in md
+    assert "| imbalance (sum) | 0.500 | 0.250 | -0.250 [-0.750, +0.000] | 4 / 8 |" in md
+    assert "GenEval overall: 0.375 → 0.500 (Δ +0.125 [+0.000, +0.375], n = 8 prompts / 16 images)." in md
     assert "| 1 | yes | grpo (4) | 0.400 | 0.500 |" in md
     for name in FIGURES:
         assert f"(figures/{name}.png)" in md
@@ -160,11 +177,14 @@ def test_figures_are_pngs(loop: Path) -> None:
 
 
 def test_rerun_is_byte_identical(loop: Path) -> None:
+    def files() -> dict[str, bytes]:
+        paths = [loop / "report.json", loop / "report.md", *(loop / "figures").iterdir(), *loop.glob("round-*/contact_sheet.png")]
+        return {str(p.relative_to(loop)): p.read_bytes() for p in paths}
+
     write_report(loop)
-    first = {p.name: p.read_bytes() for p in [loop / "report.json", loop / "report.md", *(loop / "figures").iterdir()]}
+    first = files()
     write_report(loop)
-    second = {p.name: p.read_bytes() for p in [loop / "report.json", loop / "report.md", *(loop / "figures").iterdir()]}
-    assert first == second
+    assert first == files() and "round-001/contact_sheet.png" in first
 
 
 def test_missing_pieces_are_null(loop: Path) -> None:
@@ -178,14 +198,16 @@ def test_missing_pieces_are_null(loop: Path) -> None:
     assert report["last_round"] == 1 and not r2["evaluated"] and r2["geneval"] is None
     assert r2["training"][0]["global_offset"] == 4 and r2["training"][0]["phase"] == "train"
     assert r1["understanding"] is None and r0["scores"] is None
-    d = report["delta"]
+    d = plain(report["delta"])
     assert d["understanding"]["clean"]["overall"] is None
     assert d["understanding"]["clean"]["accuracy"] == {"single_object": None, "counting": None}
     assert d["imbalance"]["imbalance"] is None and d["scores"]["total"] is None
     assert d["geneval"]["overall"] == 0.125
     assert report["figures"]["imbalance"] == "figures/imbalance.png"  # round 0's bars alone
     md = (loop / "report.md").read_text()
-    assert "| imbalance (sum) | 0.500 | – | – |" in md and "| 2 | no | train (1) | 0.500 | – |" in md
+    assert "| imbalance (sum) | 0.500 | – | – | – |" in md and "| 2 | no | train (1) | 0.500 | – |" in md
+    assert report["delta"]["scores"]["total"]["note"] == "not measured in both rounds"
+    assert report["rounds"][2]["contact_sheet"] is None  # not evaluated
 
 
 def test_baseline_only_and_empty(tmp_path: Path, loop: Path) -> None:
@@ -214,9 +236,14 @@ def test_figures_show_the_report_numbers(loop: Path, monkeypatch: pytest.MonkeyP
     from unirl_kit.loop import figures
 
     drawn: dict[str, tuple] = {}
-    monkeypatch.setattr(figures, "bars", lambda path, panels, title, **kw: drawn.__setitem__(path.stem, panels))
-    monkeypatch.setattr(figures, "reward_curve", lambda path, curves, bounds, ylabel: drawn.__setitem__(
-        path.stem, (curves, bounds)))
+    errors: dict[str, object] = {}
+
+    def bars(path: Path, panels: list, title: str, **kw: object) -> None:
+        drawn[path.stem], errors[path.stem] = panels, kw["errors"]
+
+    monkeypatch.setattr(figures, "bars", bars)
+    monkeypatch.setattr(figures, "reward_curve", lambda path, curves, bounds, ylabel, bands: drawn.__setitem__(
+        path.stem, (curves, bounds, bands)))
     figures.draw(build_report(loop), loop)
     (title, cats, series), = drawn["geneval_tags"]
     assert cats == ["single_object", "counting", "overall"]
@@ -226,6 +253,13 @@ def test_figures_show_the_report_numbers(loop: Path, monkeypatch: pytest.MonkeyP
     assert drawn["imbalance"][0][2] == {"round 0": [0.25, 0.25, 0.5], "round 1": [0.25, 0.0, 0.25]}
     (label, xs, ys), = drawn["reward_curve"][0]
     assert (label, list(xs), list(ys)) == ("round 1 grpo", [1, 2, 3, 4], [0.1, 0.2, 0.3, 0.4])
+    # each bar's own round interval: round 0's single_object prompts score [1, 1, 0, 0], counting [1, 0, 0, 0];
+    # a resample of 4 is all zeros with p = 1/16 (> 2.5%) and all ones with 1/16: [0, 1]; counting [0, 0.75]
+    (geneval_errors,) = errors["geneval_tags"]
+    assert geneval_errors["round 0"][:2] == [[0.0, 1.0], [0.0, 0.75]]
+    assert errors["understanding"][1]["round 0"] == [None, None, None]  # 1-2 answers per tag: no interval
+    ((lo, hi),) = drawn["reward_curve"][2]  # ±1.96 · std 0.05 / √(4 prompts) = ±0.049
+    assert lo == pytest.approx([0.051, 0.151, 0.251, 0.351]) and hi == pytest.approx([0.149, 0.249, 0.349, 0.449])
 
 
 def test_sft_then_grpo_phases(loop: Path) -> None:
