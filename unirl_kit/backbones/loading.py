@@ -165,13 +165,28 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
 
 
 def load_backbone(name: str, model: str | None = None, device: str = "auto", dtype: str = "auto",
-                  options: dict | None = None) -> Any:
+                  options: dict | None = None, _chain: tuple[Path, ...] = ()) -> Any:
     """A registered backbone built from a config's fields (shared by generate, eval and training).
 
-    One progress bar (ours) rather than transformers' one per weight file.
+    `model` may also be a peft LoRA adapter folder (backbones/adapters.py): its base is loaded the same
+    way (itself maybe an adapter folder) and the adapter merged in. One progress bar (ours) rather than
+    transformers' one per weight file.
     """
+    from unirl_kit.backbones.adapters import ADAPTER_CONFIG, adapter_base, apply_adapter, is_adapter_dir
     from unirl_kit.registry import registry
 
+    if is_adapter_dir(model):
+        folder = Path(str(model)).resolve()
+        if folder in _chain or len(_chain) > 8:
+            raise InputError(f"{folder / ADAPTER_CONFIG}: base_model_name_or_path leads back to this adapter; "
+                             "point it at the model the adapter was trained on")
+        base = adapter_base(folder, getattr(registry("backbones").get(name), "DEFAULT_MODEL", None))
+        try:
+            backbone = load_backbone(name, base, device, dtype, options, (*_chain, folder))
+        except InputError as exc:
+            raise InputError(f"{folder / ADAPTER_CONFIG}: base_model_name_or_path {base!r}: {exc}") from None
+        backbone.model = apply_adapter(backbone.model, folder)
+        return backbone
     kwargs = {**(options or {}), "device": device, "dtype": dtype}
     if model is not None:
         kwargs["model"] = model

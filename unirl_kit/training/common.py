@@ -1,5 +1,5 @@
 """What both trainers share: processes, the policy on its device, optimizer and schedule, gradient
-sync and clipping, metrics rows, checkpoints and the final export (tracking: unirl_kit/tracking.py)."""
+sync and clipping, metrics rows, checkpoints (the final export: export.py; tracking: unirl_kit/tracking.py)."""
 
 from __future__ import annotations
 
@@ -211,36 +211,6 @@ def finish_row(row: dict[str, Any], update: dict[str, float], times: dict[str, f
     total = sum(times.values())
     row["images_per_s"] = round(images / total, 3) if total > 0 else 0.0
     return row
-
-
-def export_final(policy: Policy, out: Path, rank: int = 0) -> Path | None:
-    """out/final: an HF-style folder the backbone loads (LoRA merged into the weights), written by rank 0
-    (under FSDP every rank calls: the full weights are gathered first)."""
-    target = Path(out) / "final"
-    if policy.fsdp:
-        from unirl_kit.training import fsdp
-
-        state = fsdp.full_weights(policy.model)
-        if rank == 0:
-            policy.backbone.save(target, state_dict=state)
-        return target if rank == 0 else None
-    if rank != 0:
-        return None
-    if policy.lora:
-        from peft.tuners.tuners_utils import BaseTunerLayer
-
-        layers = [m for m in policy.model.modules() if isinstance(m, BaseTunerLayer)]
-        for layer in layers:
-            layer.merge()
-        try:
-            state = {k.replace(".base_layer.", "."): v for k, v in policy.model.state_dict().items() if "lora_" not in k}
-            policy.backbone.save(target, state_dict=state)
-        finally:
-            for layer in layers:
-                layer.unmerge()
-    else:
-        policy.backbone.save(target)
-    return target
 
 
 def check_out(run: RunConfig, resume: bool) -> Path:

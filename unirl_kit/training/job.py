@@ -24,9 +24,9 @@ from unirl_kit.training.common import (
     build_optimizer,
     build_policy,
     check_out,
-    export_final,
     init_processes,
 )
+from unirl_kit.training.export import export_final
 from unirl_kit.training.state import load_train_state, save_train_state
 from unirl_kit.types import InputError
 
@@ -94,7 +94,7 @@ def run_job(cfg: Any, resume: bool, *, check: Callable[[Any, int], None], stamp:
                 _checkpoint(policy, optimizer, out / "checkpoints", step + 1, stamp, cfg.run.keep_checkpoints, rank)
                 _barrier(world)
     with no_transformers_bars():  # its shard-writing bar would be tqdm lines in a log file
-        final = export_final(policy, out, rank)
+        final = export_final(policy, out, cfg, stamp, rank, last)
     summary = {"steps": cfg.run.steps, **{k: v for k, v in stamp.items() if k != "config"}, "started_at": start,
                "seconds": round(time.perf_counter() - t0, 1), "final": str(final) if final else None, "last": last}
     if rank == 0:

@@ -7,7 +7,9 @@ With LoRA the reference policy for the KL term is the base model itself: the ada
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 
@@ -24,21 +26,30 @@ def language_model_of(model: torch.nn.Module) -> torch.nn.Module:
     return lm
 
 
-def apply_lora(model: torch.nn.Module, cfg: LoraConfig) -> list[torch.nn.Parameter]:
-    """Freeze everything, add adapters to `target_modules` of the language model; returns their params."""
+def peft_config(model: torch.nn.Module, cfg: LoraConfig) -> Any:
+    """The peft LoraConfig of `cfg` on the whole backbone module: `target_modules` becomes one regex under
+    the language model's path, so training injects exactly what a saved adapter_config.json names (and
+    `PeftModel.from_pretrained` on the same module adapts the same layers, not the vision tower's)."""
     from peft import LoraConfig as PeftLoraConfig
-    from peft import inject_adapter_in_model
 
-    model.requires_grad_(False)
     lm = language_model_of(model)
     names = {n.rsplit(".", 1)[-1] for n, _ in lm.named_modules()}
     missing = [t for t in cfg.target_modules if t not in names]
     if missing:
         raise InputError(f"lora.target_modules: {missing} not found in the language model; it has e.g. "
                          f"{', '.join(sorted(n for n in names if n.endswith('proj'))[:8])}")
-    peft_cfg = PeftLoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
-                              target_modules=list(cfg.target_modules), bias="none")
-    inject_adapter_in_model(peft_cfg, lm)
+    prefix = next(n for n, m in model.named_modules() if m is lm)
+    targets = "|".join(re.escape(t) for t in cfg.target_modules)
+    return PeftLoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, bias="none",
+                          target_modules=rf"{re.escape(prefix)}\.(?:.*\.)?(?:{targets})")
+
+
+def apply_lora(model: torch.nn.Module, cfg: LoraConfig) -> list[torch.nn.Parameter]:
+    """Freeze everything, add adapters to `target_modules` of the language model; returns their params."""
+    from peft import inject_adapter_in_model
+
+    model.requires_grad_(False)
+    inject_adapter_in_model(peft_config(model, cfg), model)
     params = [p for n, p in model.named_parameters() if "lora_" in n]
     for p in params:
         p.requires_grad_(True)
