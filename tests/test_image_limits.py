@@ -18,7 +18,7 @@ from unirl_kit.eval.geneval.detectors.precomputed import PrecomputedDetector, de
 from unirl_kit.eval.geneval.layout import load_image
 from unirl_kit.eval.understanding.vqa import _load as load_vqa_image
 from unirl_kit.images import DEFAULT_MAX_PIXELS, MAX_PIXELS_ENV, max_pixels, open_image
-from unirl_kit.loop.figures import _grid_columns
+from unirl_kit.loop.sheets import _grid_columns
 from unirl_kit.rewards.wire import decode_image
 from unirl_kit.types import InputError
 
@@ -163,7 +163,7 @@ def test_wire_refuses_oversized_image() -> None:
 def test_loop_figures_skip_an_oversized_grid(tmp_path: Path) -> None:
     small_png(tmp_path / "r0" / "samples" / "00000" / "grid.png")
     write_huge_png(tmp_path / "r1" / "samples" / "00000" / "grid.png")
-    ((_, images),) = _grid_columns(tmp_path, ["r0", "r1"])
+    ((_, _, images),) = _grid_columns(tmp_path, ["r0", "r1"], 4)
     assert images[0].size == (32, 24) and images[1] is None
 
 

@@ -1,17 +1,36 @@
-"""Process-group facts read from the launcher's environment (torchrun / accelerate set them).
+"""Process-group facts: one source of rank and world for every stage, and one way for ranks to wait.
 
-File-based coordination keeps evaluation and scoring free of a torch.distributed dependency:
-each rank writes its own part and a marker; rank 0 waits for the markers and merges.
+Rank and world come from an initialised `torch.distributed` process group when there is one (a trainer,
+or a user's own script that called `init_process_group`), else from the launcher's environment
+(torchrun / accelerate set RANK and WORLD_SIZE). Non-training stages do not start a process group of
+their own, so `unirl eval geneval` under torchrun needs no rendezvous: each rank writes its own part
+and a marker file, and rank 0 waits for the markers and merges. Where a group exists, ranks meet at a
+`torch.distributed` barrier instead of polling files. torch is never imported here: a stage that has
+not imported it cannot have a process group.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 import time
+from datetime import timedelta
 from pathlib import Path
+from typing import Any
+
+
+def _process_group() -> Any:
+    """`torch.distributed` when it is imported, available and initialised, else None."""
+    dist = sys.modules.get("torch.distributed")
+    if dist is None or not dist.is_available() or not dist.is_initialized():
+        return None
+    return dist
 
 
 def rank_and_world() -> tuple[int, int]:
+    dist = _process_group()
+    if dist is not None:
+        return dist.get_rank(), dist.get_world_size()
     return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
 
 
@@ -25,3 +44,20 @@ def wait_for_files(paths: list[Path], timeout_s: float, what: str) -> None:
             raise TimeoutError(f"waited {timeout_s:.0f}s for {what}: {missing[0]} never appeared; "
                                "did a rank crash? rerun with the same arguments to resume")
         time.sleep(0.2)
+
+
+def wait_for_ranks(markers: list[Path], timeout_s: float, what: str) -> None:
+    """Every rank has finished its share: a barrier of the process group when one exists (each rank
+    calls it), else rank 0 polls the ranks' marker files (each rank touched its own before); other
+    ranks return at once, since rank 0 removes the markers once it has merged."""
+    dist = _process_group()
+    if dist is None:
+        if rank_and_world()[0] == 0:
+            wait_for_files(markers, timeout_s, what)
+        return
+    try:
+        dist.monitored_barrier(timeout=timedelta(seconds=timeout_s)) if dist.get_backend() == "gloo" \
+            else dist.barrier()
+    except RuntimeError as exc:
+        raise TimeoutError(f"waited {timeout_s:.0f}s for {what} at a torch.distributed barrier: {exc}; "
+                           "did a rank crash? rerun with the same arguments to resume") from exc

@@ -10,7 +10,6 @@ would mix silently into one file.
 from __future__ import annotations
 
 import dataclasses
-import glob
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -18,14 +17,13 @@ from pathlib import Path
 from typing import Any
 
 from unirl_kit.config import check_ranges, to_dict, write_run_info
-from unirl_kit.distributed import rank_and_world, wait_for_files
-from unirl_kit.eval.geneval.layout import JOIN_KEY, ImageItem, load_image, scan_images, with_join_key
-from unirl_kit.jsonl import ResumableJsonl, read_json, write_atomic
+from unirl_kit.eval.geneval.layout import JOIN_KEY, ImageItem, add_join_key, load_image, scan_images
+from unirl_kit.jsonl import read_json, write_atomic
 from unirl_kit.locking import holds_output_locks, lock_output
-from unirl_kit.progress import Progress
 from unirl_kit.registry import registry
 from unirl_kit.rewards.base import ComposedReward, RewardError, Sample, build_rewards, parse_reward_spec
 from unirl_kit.scoring import summary as summ
+from unirl_kit.sharded import ShardedJsonl, rank_parts
 from unirl_kit.types import InputError, PromptSpec
 
 SCORES = "scores.jsonl"
@@ -64,10 +62,6 @@ def summary_path(out: Path) -> Path:
     return sibling(out, "_summary.json")
 
 
-def _rank_parts(out: Path) -> list[Path]:
-    return sorted(out.parent.glob(f"{glob.escape(out.stem)}.rank*.jsonl"))
-
-
 def _check(cfg: ScoreConfig, weights: list[tuple[str, float]]) -> None:
     """Cheap checks, all before a model loads."""
     if not cfg.samples_dir:
@@ -94,7 +88,7 @@ def _fingerprint(cfg: ScoreConfig, weights: list[tuple[str, float]], needs_backb
 
 def _check_same_rewards(out: Path, fp: dict[str, Any]) -> None:
     header = sibling(out, ".rewards.json")
-    has_scores = (out.is_file() and out.stat().st_size > 0) or bool(_rank_parts(out))
+    has_scores = (out.is_file() and out.stat().st_size > 0) or bool(rank_parts(out))
     if not header.is_file() or not has_scores:
         return
     try:
@@ -174,23 +168,16 @@ def make_row(sample: Sample, total: float, record: dict[str, Any]) -> dict[str, 
             "answer": answer, "details": record["details"]}
 
 
-def _score(items: Sequence[ImageItem], store: ResumableJsonl, composed: ComposedReward, cfg: ScoreConfig,
-           label: str) -> None:
-    samples_dir = Path(cfg.samples_dir)
-    todo = [it for it in items if it.rel not in store.done]
-    specs: dict[str, PromptSpec] = {}
-    with Progress("score", cfg.progress and rank_and_world()[0] == 0) as progress:
-        task = progress.task(label, len(todo), "images")
-        for start in range(0, len(todo), cfg.batch_size):
-            samples = [make_sample(samples_dir, it, specs) for it in todo[start:start + cfg.batch_size]]
-            try:
-                totals, records = composed(samples)
-                rows = [make_row(s, t, r) for s, t, r in zip(samples, totals, records, strict=True)]
-            except RewardError as exc:
-                raise RewardError(f"{exc} (the {len(store.rows)} images scored before are kept in "
-                                  f"{store.path}; rerun the same command to resume)") from exc
-            store.append(rows)
-            task.advance(len(samples))
+def _rows_for(batch: Sequence[ImageItem], shards: ShardedJsonl[ImageItem], composed: ComposedReward,
+              cfg: ScoreConfig, specs: dict[str, PromptSpec]) -> list[dict[str, Any]]:
+    """The score rows of one batch; a reward's failure says what is kept and how to resume."""
+    samples = [make_sample(Path(cfg.samples_dir), it, specs) for it in batch]
+    try:
+        totals, records = composed(samples)
+        return [make_row(s, t, r) for s, t, r in zip(samples, totals, records, strict=True)]
+    except RewardError as exc:
+        raise RewardError(f"{exc} (the {len(shards.store.rows)} images scored before are kept in "
+                          f"{shards.store.path}; rerun the same command to resume)") from exc
 
 
 @holds_output_locks
@@ -207,30 +194,18 @@ def run_score(cfg: ScoreConfig, backbone: Any = None) -> dict[str, Any]:
     if needs_backbone and backbone is None:
         backbone = build_backbone(cfg)
     composed = build_rewards(cfg.rewards, cfg.reward_options, backbone if needs_backbone else None)
-    rank, world = rank_and_world()
     lock_output(out.parent, prefix=f"{out.stem}.")
-    key = lambda row: row["filename"]  # noqa: E731
-    merged = ResumableJsonl(out, key, SCORE_FIELDS)  # a damaged file fails before the run info is rewritten
-    if rank == 0:
+    # a damaged file fails before the run info is rewritten
+    shards: ShardedJsonl[ImageItem] = ShardedJsonl(out, "filename", SCORE_FIELDS)
+    if shards.rank == 0:
         write_run_info(out.parent, cfg, "score", prefix=f"{out.stem}.")
         write_atomic(sibling(out, ".rewards.json"), json.dumps(fp, indent=2) + "\n")
-    if world == 1:
-        for part in _rank_parts(out):  # left by an earlier sharded run
-            merged.append(ResumableJsonl(part, key, SCORE_FIELDS).rows)
-        _score(items, merged, composed, cfg, "score")
-    else:
-        part = ResumableJsonl(sibling(out, f".rank{rank}.jsonl"), key, SCORE_FIELDS)
-        part.done |= merged.done
-        _score(items[rank::world], part, composed, cfg, f"score rank {rank}")
-        sibling(out, f".rank{rank}.done").touch()
-        if rank != 0:
-            return {}
-        wait_for_files([sibling(out, f".rank{r}.done") for r in range(world)], cfg.rank_timeout_s, "the other ranks")
-        for r in range(world):
-            merged.append(ResumableJsonl(sibling(out, f".rank{r}.jsonl"), key, SCORE_FIELDS).rows)
-    rows = _in_scan_order(out, merged, items)
-    for stale in [*_rank_parts(out), *out.parent.glob(f"{glob.escape(out.stem)}.rank*.done")]:
-        stale.unlink(missing_ok=True)
+    specs: dict[str, PromptSpec] = {}
+    rows = shards.run(items, lambda it: it.rel, lambda batch: _rows_for(batch, shards, composed, cfg, specs),
+                      cfg.batch_size, timeout_s=cfg.rank_timeout_s, stage="score", label="score",
+                      show_progress=cfg.progress, unit="images", upgrade=add_join_key)
+    if rows is None:
+        return {}
     if len(rows) != len(items):  # e.g. a stale marker of a crashed rank: never summarise a partial set
         raise InputError(f"{out}: {len(items) - len(rows)} of {len(items)} images have no score yet; "
                          "rerun the same command to score them")
@@ -238,13 +213,3 @@ def run_score(cfg: ScoreConfig, backbone: Any = None) -> dict[str, Any]:
     write_atomic(summary_path(out), summ.dumps(summary))
     return summary
 
-
-def _in_scan_order(out: Path, merged: ResumableJsonl, items: Sequence[ImageItem]) -> list[dict[str, Any]]:
-    """The rows of images still in the folder, in scan order; the file is rewritten if that differs."""
-    order = {it.rel: i for i, it in enumerate(items)}
-    rows = sorted((r for r in merged.rows if r["filename"] in order), key=lambda r: order[r["filename"]])
-    keyless = any(JOIN_KEY not in r for r in rows)  # rows written before the key existed get it now
-    rows = [r if JOIN_KEY in r else with_join_key(r, r["filename"]) for r in rows]
-    if keyless or [r["filename"] for r in rows] != [r["filename"] for r in merged.rows]:
-        write_atomic(out, "".join(json.dumps(r) + "\n" for r in rows))
-    return rows

@@ -38,6 +38,12 @@ def with_join_key(row: dict[str, Any], rel: str) -> dict[str, Any]:
     return dict([*items[:at], (JOIN_KEY, rel), *items[at:]])
 
 
+def add_join_key(row: dict[str, Any], item: ImageItem) -> dict[str, Any]:
+    """`row` itself if it has `image`, else with it: rows written before the key existed get it on resume
+    (the `upgrade` of both folders' `ShardedJsonl` runs)."""
+    return row if JOIN_KEY in row else with_join_key(row, item.rel)
+
+
 def scan_images(images_dir: Path) -> list[ImageItem]:
     """Every image of a GenEval-layout folder, prompt folders and images in numeric order."""
     images_dir = Path(images_dir)

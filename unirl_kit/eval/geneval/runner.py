@@ -9,13 +9,13 @@ from pathlib import Path
 from typing import Any
 
 from unirl_kit.config import check_ranges, to_dict, write_run_info
-from unirl_kit.distributed import rank_and_world, wait_for_files
 from unirl_kit.eval.geneval import summary as summ
-from unirl_kit.eval.geneval.layout import JOIN_KEY, ImageItem, load_image, scan_images, with_join_key
+from unirl_kit.eval.geneval.layout import JOIN_KEY, ImageItem, add_join_key, load_image, scan_images
 from unirl_kit.eval.geneval.rules import RuleOptions, evaluate, keep_detections
-from unirl_kit.jsonl import ResumableJsonl, write_atomic
+from unirl_kit.jsonl import write_atomic
 from unirl_kit.locking import holds_output_locks, lock_output
 from unirl_kit.registry import registry
+from unirl_kit.sharded import ShardedJsonl, rank_parts
 from unirl_kit.types import InputError, PromptSpec, Verdict
 
 RESULTS = "results.jsonl"
@@ -101,7 +101,7 @@ def _check_same_run(out: Path, cfg: GenevalConfig) -> None:
     import yaml
 
     old_path = out / "config.yaml"
-    has_results = (out / RESULTS).exists() or any(out.glob("results.rank*.jsonl"))
+    has_results = (out / RESULTS).exists() or bool(rank_parts(out / RESULTS))
     if not has_results or not old_path.exists():
         return
     old = yaml.safe_load(old_path.read_text()) or {}
@@ -112,23 +112,13 @@ def _check_same_run(out: Path, cfg: GenevalConfig) -> None:
                              "use another --out, or delete the folder to start over")
 
 
-def _score(items: list[ImageItem], store: ResumableJsonl, detector: Any, colors: Any,
-           cfg: GenevalConfig, label: str) -> None:
-    from unirl_kit.progress import Progress
-
-    todo = [it for it in items if it.filename not in store.done]
-    images_dir = Path(cfg.images_dir)
-    with Progress("eval.geneval", cfg.progress and rank_and_world()[0] == 0) as progress:
-        task = progress.task(label, len(todo), "images")
-        for start in range(0, len(todo), cfg.batch_size):
-            batch = todo[start:start + cfg.batch_size]
-            images = [load_image(images_dir, it.rel) for it in batch]
-            dets = detector.detect(images, [it.rel for it in batch])
-            if len(dets) != len(batch):
-                raise RuntimeError(f"detector {cfg.detector!r} returned {len(dets)} results for {len(batch)} images")
-            store.append(judge_item(it, img, d, colors, cfg.rules)
-                         for it, img, d in zip(batch, images, dets, strict=True))
-            task.advance(len(batch))
+def _rows_for(batch: list[ImageItem], detector: Any, colors: Any, cfg: GenevalConfig) -> list[dict[str, Any]]:
+    """The results rows of one batch of images."""
+    images = [load_image(Path(cfg.images_dir), it.rel) for it in batch]
+    dets = detector.detect(images, [it.rel for it in batch])
+    if len(dets) != len(batch):
+        raise RuntimeError(f"detector {cfg.detector!r} returned {len(dets)} results for {len(batch)} images")
+    return [judge_item(it, img, d, colors, cfg.rules) for it, img, d in zip(batch, images, dets, strict=True)]
 
 
 @holds_output_locks
@@ -143,35 +133,17 @@ def run_geneval(cfg: GenevalConfig) -> dict[str, Any]:
     check_vocabulary(items, detector, colors, images_dir, cfg.detector)
     if hasattr(detector, "check_filenames"):
         detector.check_filenames([it.rel for it in items])
-    rank, world = rank_and_world()
     _check_same_run(out, cfg)  # every rank, before anything is written
     lock_output(out)
-    key = lambda row: row["filename"]  # noqa: E731
-    merged = ResumableJsonl(out / RESULTS, key, RESULT_FIELDS)  # a damaged file fails before config.yaml is rewritten
-    if rank == 0:
+    # a damaged file fails before config.yaml is rewritten
+    shards: ShardedJsonl[ImageItem] = ShardedJsonl(out / RESULTS, "filename", RESULT_FIELDS, marker_prefix="")
+    if shards.rank == 0:
         write_run_info(out, cfg, "eval geneval")
-    if world == 1:
-        for part in sorted(out.glob("results.rank*.jsonl")):  # left by an earlier sharded run
-            merged.append(ResumableJsonl(part, key, RESULT_FIELDS).rows)
-        _score(items, merged, detector, colors, cfg, "geneval")
-    else:
-        part = ResumableJsonl(out / f"results.rank{rank}.jsonl", key, RESULT_FIELDS)
-        part.done |= merged.done
-        _score(items[rank::world], part, detector, colors, cfg, f"geneval rank {rank}")
-        (out / f"rank{rank}.done").touch()
-        if rank != 0:
-            return {}
-        wait_for_files([out / f"rank{r}.done" for r in range(world)], cfg.rank_timeout_s, "the other ranks")
-        for r in range(world):
-            merged.append(ResumableJsonl(out / f"results.rank{r}.jsonl", key, RESULT_FIELDS).rows)
-    order = {it.filename: i for i, it in enumerate(items)}
-    rows = sorted((r for r in merged.rows if r["filename"] in order), key=lambda r: order[r["filename"]])
-    keyless = any(JOIN_KEY not in r for r in rows)  # rows written before the key existed get it now
-    rows = [r if JOIN_KEY in r else with_join_key(r, items[order[r["filename"]]].rel) for r in rows]
-    if keyless or len(rows) != len(merged.rows) or [r["filename"] for r in merged.rows] != [r["filename"] for r in rows]:
-        write_atomic(out / RESULTS, "".join(json.dumps(r) + "\n" for r in rows))
-    for stale in [*out.glob("results.rank*.jsonl"), *out.glob("rank*.done")]:
-        stale.unlink(missing_ok=True)
+    rows = shards.run(items, lambda it: it.filename, lambda batch: _rows_for(batch, detector, colors, cfg),
+                      cfg.batch_size, timeout_s=cfg.rank_timeout_s, stage="eval.geneval", label="geneval",
+                      show_progress=cfg.progress, unit="images", upgrade=add_join_key)
+    if rows is None:
+        return {}
     if len(rows) != len(items):  # e.g. a stale marker from a crashed rank: never summarise a partial set
         raise InputError(f"{out}: {len(items) - len(rows)} of {len(items)} images have no result yet; "
                          "rerun the same command to score them")
