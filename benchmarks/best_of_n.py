@@ -37,7 +37,7 @@ SIZES = {"smoke": {"n": 6, "group": 2}, "full": {"n": 300, "group": 8}}
 def run_stages(out: Path, n: int, group: int, seed: int, judges: list[str], model: str | None,
                options: dict[str, dict], scores: Path | None = None) -> tuple[Path, Path]:
     """prompts -> generate -> eval geneval -> score; returns (results.jsonl, scores.jsonl)."""
-    from unirl_kit.backbones.loading import load_backbone
+    from unirl_kit.backbones.config import BackboneConfig, build_backbone
     from unirl_kit.eval.geneval.runner import GenevalConfig, run_geneval
     from unirl_kit.generation.run import GenerateConfig, run_generate
     from unirl_kit.prompts.cmd import PromptsConfig, run_prompts
@@ -47,14 +47,15 @@ def run_stages(out: Path, n: int, group: int, seed: int, judges: list[str], mode
     prompts = out / "eval.jsonl"
     if not prompts.exists():
         run_prompts(PromptsConfig(world="shapes", n=n, seed=seed, out=str(prompts)))
-    backbone = load_backbone("tiny-shapes", model, "auto", "auto", {})
+    spec = BackboneConfig(name="tiny-shapes", model=model, dtype="auto")
+    backbone = build_backbone(spec)
     samples = out / "samples"
-    run_generate(GenerateConfig(model=model, prompts=str(prompts), out=str(samples), group_size=group, seed=seed,
+    run_generate(GenerateConfig(backbone=spec, prompts=str(prompts), out=str(samples), group_size=group, seed=seed,
                                 batch_size=64, progress=False), backbone)
     run_geneval(GenevalConfig(images_dir=str(samples), out=str(out / "geneval"), progress=False))
     scores = scores or out / "scores.jsonl"
     run_score(ScoreConfig(samples_dir=str(samples), out=str(scores), rewards=judges, reward_options=options,
-                          model=model, batch_size=32, progress=False), backbone)
+                          backbone=spec, batch_size=32, progress=False), backbone)
     return out / "geneval" / "results.jsonl", scores
 
 

@@ -30,12 +30,12 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=77)
     args = ap.parse_args()
 
+    from unirl_kit.backbones.config import BackboneConfig, build_backbone
     from unirl_kit.backbones.tiny_shapes import build
-    from unirl_kit.generation.run import GenerateConfig, build_backbone
     from unirl_kit.pretrain.language_model import generation_loss
     from unirl_kit.pretrain.scenes import scene_batch
 
-    backbone = build_backbone(GenerateConfig(backbone="tiny-shapes", model=args.model, device="cpu"))
+    backbone = build_backbone(BackboneConfig(name="tiny-shapes", model=args.model, device="cpu", dtype="auto"))
     model, tokenizer = backbone.model.eval(), build.build_tokenizer()
     pixels, specs = scene_batch(args.seed, 0, args.n, build.IMAGE_SIZE, args.align)
     tokens = model.model.vqmodel.encode(pixels).image_tokens.view(args.n, -1)

@@ -27,18 +27,21 @@ def main() -> None:
     args = ap.parse_args()
 
     from unirl_kit.backbones.base import resolve_cfg_scale
+    from unirl_kit.backbones.config import BackboneConfig, SamplingConfig, build_backbone
     from unirl_kit.eval.geneval.runner import GenevalConfig, run_geneval
     from unirl_kit.eval.understanding.clean import clean_render_accuracy
-    from unirl_kit.generation.run import GenerateConfig, build_backbone, run_generate
+    from unirl_kit.generation.run import GenerateConfig, run_generate
     from unirl_kit.prompts.cmd import PromptsConfig, run_prompts
 
     prompts = args.out / "prompts.jsonl"
     if not prompts.exists():
         run_prompts(PromptsConfig(world="shapes", n=args.n, seed=1234, out=str(prompts)))
-    gen_cfg = GenerateConfig(backbone="tiny-shapes", model=args.model,
+    gen_cfg = GenerateConfig(backbone=BackboneConfig(name="tiny-shapes", model=args.model, device=args.device,
+                                                     dtype="auto"),
+                             sampling=SamplingConfig(cfg_scale=args.cfg_scale, temperature=args.temperature),
                              prompts=str(prompts), out=str(args.out / "images"), group_size=args.group,
-                             cfg_scale=args.cfg_scale, temperature=args.temperature, device=args.device, batch_size=64, progress=False)
-    backbone = build_backbone(gen_cfg)
+                             batch_size=64, progress=False)
+    backbone = build_backbone(gen_cfg.backbone)
     t0 = time.perf_counter()
     gen = run_generate(gen_cfg, backbone)
     t_gen = time.perf_counter() - t0

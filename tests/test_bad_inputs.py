@@ -73,7 +73,7 @@ class Runs:
         return ["train", "sft", f"backbone.model={self.model}", *SFT_TINY, *extra]
 
     def gen_args(self, *extra: object) -> Args:
-        return ["generate", "--backbone", "janus", "--model", self.model, "--group-size", "2", "device=cpu",
+        return ["generate", "--backbone", "janus", "--model", self.model, "--group-size", "2", "backbone.device=cpu",
                 "progress=false", *extra]
 
     def und_args(self, *extra: object) -> Args:
@@ -734,7 +734,7 @@ def _without_file(c: Ctx, name: str) -> Path:
 for _key, (_make, _expect) in MODEL_FAULTS.items():
     CASES.append(Case(f"generate --model[{_key}]", lambda c, m=_make: [
         "generate", "--backbone", "janus", "--model", m(c), "--prompts", c.runs.prompts, "--out", c.tmp / "g",
-        "--group-size", "2", "device=cpu", "progress=false"], _expect))
+        "--group-size", "2", "backbone.device=cpu", "progress=false"], _expect))
     CASES.append(Case(f"eval understanding --model[{_key}]", lambda c, m=_make: [
         "eval", "understanding", "-p", "clean", "--backbone", "janus", "--model", m(c), "--out", c.tmp / "u",
         "per_tag=1", "--device", "cpu"], _expect))
@@ -747,7 +747,7 @@ for _key in ("garbage-weights", "truncated-weights", "missing", "config-not-json
         "--port", "0"], _expect))
     CASES.append(Case(f"score --model[{_key}]", lambda c, m=_make: [
         "score", c.runs.gen, "--reward", "self-qa", "--backbone", "janus", "--model", m(c), "--out",
-        c.tmp / "s.jsonl", "device=cpu"], _expect))
+        c.tmp / "s.jsonl", "backbone.device=cpu"], _expect))
     CASES.append(Case(f"loop backbone.model=[{_key}]", lambda c, m=_make: [
         "loop", "--config", c.runs.loop_yaml, f"out={c.tmp / 'loop'}", f"backbone.model={m(c)}"], _expect))
 
@@ -878,20 +878,25 @@ cases("render into another prompt set", "holds another prompt", lambda c, v: [
 cases("generate option", r"backbone|did you mean|unknown|must be|expected|device|dtype|group_size|batch_size|"
       r"cfg_scale|temperature|top_k|top_p|seed|not",
       lambda c, v: [*c.runs.gen_args("--prompts", c.runs.prompts, "--out", c.tmp / "g"), *v.split()],
-      ["--group-size 0", "--group-size -1", "--batch-size 0", "--seed -1", "cfg_scale=nan", "cfg_scale=-1",
-       "cfg_scale=inf", "temperature=-1", "temperature=nan", "top_k=0", "top_k=-1", "top_p=0", "top_p=1.5",
-       "top_p=nan", "device=tpu", "dtype=int8", "--backbone janua", "--backbone bogus", "backbone_options.bogus=1"])
+      ["--group-size 0", "--group-size -1", "--batch-size 0", "--seed -1", "sampling.cfg_scale=nan",
+       "sampling.cfg_scale=-1", "sampling.cfg_scale=inf", "sampling.temperature=-1", "sampling.temperature=nan",
+       "sampling.top_k=0", "sampling.top_k=-1", "sampling.top_p=0", "sampling.top_p=1.5", "sampling.top_p=nan",
+       "backbone.device=tpu", "backbone.dtype=int8", "--backbone janua", "--backbone bogus",
+       "backbone.options.bogus=1", "backbone.fsdp=true", "backbone.gradient_checkpointing=true", "sampling=3",
+       "backbone.nme=janus"])
 cases("generate --out", r"is a file|not a folder", lambda c, v: c.runs.gen_args(
     "--prompts", c.runs.prompts, "--out", {"a-file": c.runs.prompts, "under-a-file": c.runs.prompts / "g"}[v]),
     ["a-file", "under-a-file"])
 cases("generate resume with other settings", r"holds images made with", lambda c, v: c.runs.gen_args(
-    "--prompts", c.runs.prompts, "--out", c.runs.gen, v), ["seed=5", "temperature=0.5", "top_k=3"])
-cases("score option", r"reward|did you mean|unknown|given twice|weight|batch_size|must be|expected|not among|folder",
+    "--prompts", c.runs.prompts, "--out", c.runs.gen, v), ["seed=5", "sampling.temperature=0.5", "sampling.top_k=3"])
+cases("score option", r"reward|did you mean|unknown|given twice|weight|batch_size|must be|expected|not among|folder|"
+      r"backbone",
       lambda c, v: ["score", c.runs.gen, *v.split(), "--out", c.tmp / "s.jsonl"],
       ["--reward bogus", "--reward geneval-partail", "--reward geneval-partial:nan", "--reward geneval-partial:abc",
        "--reward geneval-partial:inf", "--reward geneval-partial --reward geneval-partial", "--batch-size 0",
        "--reward geneval-partial reward_options.geneval.threshold=1",
-       "--reward geneval-partial reward_options.geneval-partial.bogus=1"])
+       "--reward geneval-partial reward_options.geneval-partial.bogus=1", "--reward self-qa backbone.fsdp=true",
+       "--reward self-qa backbone.name=janua", "--reward self-qa backbone=3"])
 cases("score --out", r"is a folder|not a folder|is a file", lambda c, v: [
     "score", c.runs.gen, "--reward", "geneval-partial", "--out",
     {"folder": c.runs.root, "under-a-file": c.runs.prompts / "s.jsonl"}[v]], ["folder", "under-a-file"])
@@ -913,10 +918,12 @@ cases("eval geneval resume with other judges", "holds results made with", lambda
 cases("eval geneval pixel limit", r"UNIRL_MAX_IMAGE_PIXELS|exceeds the limit", lambda c, v: _with_env(
     c, "UNIRL_MAX_IMAGE_PIXELS", v, ["eval", "geneval", c.runs.render, "--out", c.tmp / "ev"]),
     ["abc", "-5", "0", "100"])
-cases("eval understanding option", r"protocol|did you mean|unknown|needs|must be|expected|per_tag|batch_size|pope",
+cases("eval understanding option", r"protocol|did you mean|unknown|needs|must be|expected|per_tag|batch_size|pope|"
+      r"backbone|dtype",
       lambda c, v: c.runs.und_args(*v.split(), "--out", c.tmp / "u"),
       ["-p pop", "-p bogus", "-p vqa", "-p geneval_correct", "-p clean --batch-size 0", "-p clean per_tag=0",
-       "-p clean per_tag=-1", "-p clean max_new_tokens=0", "-p pope pope.strategy=bogus", "-p clean bogus=1"])
+       "-p clean per_tag=-1", "-p clean max_new_tokens=0", "-p pope pope.strategy=bogus", "-p clean bogus=1",
+       "-p clean backbone.dtype=int8", "-p clean backbone.gradient_checkpointing=true", "-p clean backbone.bogus=1"])
 cases("eval understanding --out", r"is a file|not a folder|needs --out", lambda c, v: c.runs.und_args(
     "-p", "clean", *{"a-file": ["--out", c.runs.prompts], "none": []}[v]), ["a-file", "none"])
 
@@ -1056,7 +1063,7 @@ cases("serve reward option", r".", lambda c, v: ["serve", "reward", *v.split()],
       ["--reward bogus", "--reward self-q", "--reward geneval-partial:2", "--reward geneval-partial --port -1",
        "--reward geneval-partial --port 70000", "--reward geneval-partial --port abc",
        "--reward geneval-partial bogus=1", "--reward geneval-partial =1", "--reward geneval-partial noequals",
-       "--reward geneval-partial --model /tmp", "--reward geneval-partial backbone_options.x=1",
+       "--reward geneval-partial --model /tmp", "--reward geneval-partial backbone.options.x=1",
        "--reward geneval-partial reward_options=3", "--reward self-qa --backbone bogus", "--reward geneval-partial --host nosuch.invalid",
        "--reward geneval-partial --host 256.1.1.1", "--reward geneval-partial --device tpu --backbone janus",
        "", "--reward"])

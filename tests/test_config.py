@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from unirl_kit.config import check_call_options, load_config, parse_overrides
+from unirl_kit.config import check_call_options, check_ranges, load_config, parse_overrides
 from unirl_kit.eval.geneval.rules import RuleOptions
 from unirl_kit.eval.geneval.runner import GenevalConfig
 from unirl_kit.prompts.cmd import PromptsConfig
@@ -277,3 +277,77 @@ def test_launch_lines_in_config_headers_are_runnable():
     assert lines
     bad = [(name, line) for name, line in lines if "-m unirl_kit.cli " not in line]
     assert not bad, bad
+
+
+def test_a_literal_field_built_in_python_is_checked_with_its_dotted_key() -> None:
+    from unirl_kit.training.config import GRPOConfig, OptimConfig, SFTConfig
+
+    with pytest.raises(InputError, match=r"^loss_type: 'ppo' is not one of grpo, bnpo, dr_grpo, dapo$"):
+        check_ranges(GRPOConfig(prompts="p.jsonl", loss_type="ppo"))  # type: ignore[arg-type]
+    with pytest.raises(InputError, match=r"^optim.schedule: 'cosine' is not one of constant, warmup_cosine$"):
+        check_ranges(SFTConfig(optim=OptimConfig(schedule="cosine")))  # type: ignore[arg-type]
+    check_ranges(GRPOConfig(prompts="p.jsonl"))  # the defaults are words of their vocabularies
+
+
+# ---------------------------------------------------------------- one backbone/sampling shape (issue 19)
+
+
+def test_every_stage_shares_one_backbone_and_sampling_shape() -> None:
+    """generate, score, eval understanding, the trainers and the loop hold the same two classes."""
+    import typing
+
+    from unirl_kit.backbones.config import BackboneConfig, SamplingConfig
+    from unirl_kit.eval.understanding.runner import UnderstandingConfig
+    from unirl_kit.generation.run import GenerateConfig
+    from unirl_kit.loop.config import LoopConfig
+    from unirl_kit.scoring.run import ScoreConfig
+    from unirl_kit.training import config as training
+
+    assert training.BackboneConfig is BackboneConfig and training.SamplingConfig is SamplingConfig
+    for cls in (GenerateConfig, ScoreConfig, UnderstandingConfig, training.GRPOConfig, training.SFTConfig, LoopConfig):
+        assert typing.get_type_hints(cls)["backbone"] is BackboneConfig, cls
+    for cls in (GenerateConfig, training.GRPOConfig, training.SFTConfig, LoopConfig):
+        assert typing.get_type_hints(cls)["sampling"] is SamplingConfig, cls
+
+
+def test_a_partial_nested_mapping_keeps_its_fields_own_defaults() -> None:
+    """`backbone.model=X` keeps an inference stage's `dtype: auto` (the trainers keep float32); SFT's
+    `run.steps=3` keeps `run.out: runs/sft`."""
+    from unirl_kit.generation.run import GenerateConfig
+    from unirl_kit.training.config import GRPOConfig, SFTConfig
+
+    assert load_config(GenerateConfig, None, {}, ["backbone.model=X"]).backbone.dtype == "auto"
+    assert load_config(GRPOConfig, None, {}, ["backbone.model=X"]).backbone.dtype == "float32"
+    assert load_config(SFTConfig, None, {}, ["run.steps=3"]).run.out == "runs/sft"
+    assert load_config(GenerateConfig, None, {}, ["backbone.dtype=bf16"]).backbone.dtype == "bf16"
+
+
+def test_moved_flat_keys_are_read_where_they_live_now(tmp_path) -> None:
+    """The flat keys of generate before issue 19, from a file, an override or both layers: the later layer
+    wins; one layer giving both spellings fails naming the new key."""
+    from unirl_kit.generation.run import GenerateConfig
+
+    old = tmp_path / "old.yaml"
+    old.write_text("backbone: janus\nmodel: A\nbackbone_options: {chat_template: true}\ncfg_scale: 3\n"
+                   "temperature: 0.5\ndevice: cpu\ndtype: float32\n")
+    cfg = load_config(GenerateConfig, old, {"backbone.model": "B"}, ["sampling.cfg_scale=4", "top_p=0.9"])
+    assert (cfg.backbone.name, cfg.backbone.model, cfg.backbone.device, cfg.backbone.dtype) == ("janus", "B", "cpu",
+                                                                                                 "float32")
+    assert cfg.backbone.options == {"chat_template": True}
+    assert (cfg.sampling.cfg_scale, cfg.sampling.temperature, cfg.sampling.top_p) == (4.0, 0.5, 0.9)
+    assert load_config(GenerateConfig, None, {}, ["backbone=showo"]).backbone.name == "showo"
+    assert load_config(GenerateConfig, None, {}, ["backbone={name: showo, model: M}"]).backbone.model == "M"
+    msg = error_of(load_config, GenerateConfig, None, {}, ["cfg_scale=2", "sampling.cfg_scale=3"])
+    assert msg == "command line: 'cfg_scale' moved to 'sampling.cfg_scale' and both are given; give only sampling.cfg_scale"
+    old.write_text("model: A\nbackbone: {name: janus, model: B}\n")
+    assert "'model' moved to 'backbone.model' and both are given" in error_of(load_config, GenerateConfig, old)
+
+
+def test_greedy_sampling_is_refused_only_where_a_group_would_tie() -> None:
+    from unirl_kit.backbones.config import SamplingConfig
+    from unirl_kit.generation.run import GenerateConfig
+    from unirl_kit.training.config import GRPOConfig
+
+    check_ranges(GenerateConfig(sampling=SamplingConfig(temperature=0.0)))  # generate: 0 = greedy
+    msg = error_of(check_ranges, GRPOConfig(prompts="p", sampling=SamplingConfig(temperature=0.0)))
+    assert msg.startswith("sampling.temperature: must be > 0")

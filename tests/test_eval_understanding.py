@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from unirl_kit.backbones.config import BackboneConfig
 from unirl_kit.eval.understanding.clean import clean_scenes_with_objects
 from unirl_kit.eval.understanding.imbalance import aggregate, imbalance
 from unirl_kit.eval.understanding.pope import choose_negatives, parse_yes_no, pope_metrics
@@ -272,11 +273,40 @@ def test_cli_with_a_registered_fake_backbone(tmp_path: Path) -> None:
     assert bad.exit_code == 2 and "did you mean 'pope'" in bad.output
 
 
+def test_cli_shortcuts_nested_keys_and_a_flat_config_of_earlier_versions(tmp_path: Path) -> None:
+    """`--backbone/--model/--device` set backbone.name/.model/.device, beside backbone.* overrides; a config
+    file with the flat keys of earlier versions (`backbone: NAME`, `model`, `dtype`) reads into the same place;
+    the protocol files keep their flat fingerprint keys, so folders of earlier versions resume."""
+    import yaml
+    from typer.testing import CliRunner
+
+    from unirl_kit.cli import app
+
+    REGISTRIES["backbones"].register("fake-und", AlwaysYes)
+    args = ["eval", "understanding", "-p", "clean", "--backbone", "fake-und", "--model", "M", "--device", "cpu",
+            "--out", str(tmp_path / "a"), "per_tag=1", "backbone.dtype=float32", "progress=false"]
+    result = CliRunner().invoke(app, args, env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    saved = yaml.safe_load((tmp_path / "a" / "config.yaml").read_text())["backbone"]
+    assert (saved["name"], saved["model"], saved["device"], saved["dtype"]) == ("fake-und", "M", "cpu", "float32")
+    fp = json.loads((tmp_path / "a" / "protocol_clean.json").read_text())["fingerprint"]
+    assert (fp["backbone"], fp["model"], fp["backbone_options"], fp["dtype"]) == ("fake-und", "M", {}, "float32")
+
+    old = tmp_path / "old.yaml"
+    old.write_text("protocols: [clean]\nbackbone: fake-und\nmodel: M\ndtype: float32\nper_tag: 1\n")
+    args = ["eval", "understanding", "--config", str(old), "--out", str(tmp_path / "a"), "progress=false"]
+    result = CliRunner().invoke(app, args, env={"COLUMNS": "200"})  # the same settings: the protocol is done
+    assert result.exit_code == 0, result.output
+    result = CliRunner().invoke(app, [*args, "backbone.model=N"], env={"COLUMNS": "200"})
+    assert result.exit_code == 2 and "made with model='M', not 'N'" in result.output
+
+
 def test_shipped_tiny_shapes_on_clean_renders(tmp_path: Path) -> None:
     from unirl_kit.registry import registry
 
     backbone = registry("backbones").build("tiny-shapes", device="cpu")
-    cfg = UnderstandingConfig(protocols=["clean"], per_tag=2, out=str(tmp_path), progress=False, device="cpu")
+    cfg = UnderstandingConfig(protocols=["clean"], per_tag=2, out=str(tmp_path), progress=False,
+                              backbone=BackboneConfig(device="cpu", dtype="auto"))
     m = run_understanding(cfg, backbone)["protocols"]["clean"]
     assert set(m["accuracy"]) == {"single_object", "two_object", "counting", "colors", "position", "color_attr"}
     assert all(0.0 <= v <= 1.0 for v in [*m["accuracy"].values(), *m["credit"].values(), m["overall"]])

@@ -107,7 +107,8 @@ def some_samples(n: int = 2) -> list[Sample]:
 def test_a_registered_function_gets_prompts_images_metadata_and_options():
     batch = some_samples()
     composed = build_rewards(["fn-length:2"], {"fn-length": {"scale": 0.5}})
-    totals, records = composed(batch)
+    out = composed(batch)
+    totals, records = out.scores, out.details
     words = [len(s.spec.prompt.split()) for s in batch]
     assert [r["rewards"]["fn-length"] for r in records] == [0.5 * w for w in words]
     assert totals == [2 * 0.5 * w for w in words]
@@ -118,7 +119,8 @@ def test_a_registered_function_gets_prompts_images_metadata_and_options():
 
 
 def test_a_function_without_kwargs_gets_only_what_it_declares():
-    totals, _ = build_rewards(["fn-images"])(some_samples(3))
+    out = build_rewards(["fn-images"])(some_samples(3))
+    totals = out.scores
     assert totals == [1.0, 1.0, 1.0]
     with pytest.raises(InputError, match="unknown option 'scale'"):
         build_rewards(["fn-images"], {"fn-images": {"scale": 2}})
@@ -128,7 +130,8 @@ def test_a_module_function_target(reward_module):
     assert parse_reward_spec(reward_module) == (reward_module, 1.0)
     assert parse_reward_spec(f"{reward_module}:0.25") == (reward_module, 0.25)
     batch = some_samples()
-    totals, records = build_rewards([f"{reward_module}:3"])(batch)
+    out = build_rewards([f"{reward_module}:3"])(batch)
+    totals, records = out.scores, out.details
     assert totals == [0.0, 0.0] and list(records[0]["rewards"]) == [reward_module]
 
 

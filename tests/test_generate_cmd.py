@@ -6,10 +6,12 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 
+from unirl_kit.backbones.config import BackboneConfig, SamplingConfig
 from unirl_kit.generation.outputs import TOKENS_FILE, read_prompt_samples
 from unirl_kit.generation.prompts import read_prompt_file
 from unirl_kit.generation.run import GenerateConfig, run_generate
@@ -22,7 +24,7 @@ METADATA = [
     {"tag": "counting", "include": [{"class": "square", "count": 2}], "exclude": [{"class": "square", "count": 3}],
      "prompt": "a photo of two squares"},
 ]
-SETTINGS = ["cfg_scale=3", "seed=5"]
+SETTINGS = ["sampling.cfg_scale=3", "seed=5"]
 
 
 @pytest.fixture(scope="session")
@@ -44,9 +46,10 @@ def cli_out(tmp_path_factory, tiny_janus_dir) -> Path:
     return root / "out"
 
 
-def _config(out: Path, prompts: Path, model: Path, **kw) -> GenerateConfig:
-    base = dict(backbone="janus", model=str(model), prompts=str(prompts), out=str(out), group_size=2, cfg_scale=3.0, seed=5,
-                device="cpu", progress=False)
+def _config(out: Path, prompts: Path, model: Path, cfg_scale: float | None = 3.0, **kw) -> GenerateConfig:
+    base = dict(backbone=BackboneConfig(name="janus", model=str(model), device="cpu", dtype="auto"),
+                sampling=SamplingConfig(cfg_scale=cfg_scale), prompts=str(prompts), out=str(out), group_size=2, seed=5,
+                progress=False)
     return GenerateConfig(**{**base, **kw})
 
 
@@ -116,7 +119,7 @@ def test_resume_regenerates_only_unfinished_prompts(cli_out, tiny_janus, tiny_ja
     report = run_generate(_config(out, prompts, tiny_janus_dir, batch_size=4), tiny_janus)
     assert (report["already_done"], report["images"]) == (1, 2)
     _same_outputs(cli_out, out, 1)
-    with pytest.raises(InputError, match="holds images made with cfg_scale=3.0, not 2.0"):
+    with pytest.raises(InputError, match="holds images made with sampling.cfg_scale=3.0, not 2.0"):
         run_generate(_config(out, prompts, tiny_janus_dir, cfg_scale=2.0), tiny_janus)
     prompts.write_text("".join(json.dumps(m) + "\n" for m in reversed(METADATA)))
     with pytest.raises(InputError, match="00000/metadata.jsonl: holds another prompt"):
@@ -138,7 +141,8 @@ def test_unset_cfg_scale_is_the_weights_own(cli_out, tiny_janus_dir, tmp_path):
     gen_file.write_text(json.dumps({**gen, "guidance_scale": 3.0}))
     backbone = registry("backbones").build("janus", model=str(model), device="cpu")
     assert backbone.default_cfg_scale == 3.0
-    assert resolve_cfg_scale(backbone, 1.0) == 1.0 and resolve_cfg_scale(object(), None) == 5.0
+    assert resolve_cfg_scale(backbone, 1.0) == 1.0
+    assert resolve_cfg_scale(SimpleNamespace(default_cfg_scale=None), None) == 5.0  # type: ignore[arg-type]
     own, explicit = (backbone.generate(["a photo of a circle"], seeds=1, **kw).tokens for kw in ({}, {"cfg_scale": 3.0}))
     assert torch.equal(own, explicit)
     prompts = tmp_path / "prompts.jsonl"
@@ -147,8 +151,58 @@ def test_unset_cfg_scale_is_the_weights_own(cli_out, tiny_janus_dir, tmp_path):
     run_generate(_config(out, prompts, model, cfg_scale=None), backbone)
     for i in range(2):
         _same_outputs(cli_out, out, i)
-    assert yaml.safe_load((out / "config.yaml").read_text())["cfg_scale"] == 3.0
+    assert yaml.safe_load((out / "config.yaml").read_text())["sampling"]["cfg_scale"] == 3.0
     assert run_generate(_config(out, prompts, model, cfg_scale=None), backbone)["already_done"] == 2
+
+
+def _old_format_config(out: Path, prompts: Path, model: Path) -> dict:
+    """The config.yaml `unirl generate` wrote before issue 19: backbone and sampling settings flat."""
+    return {"command": "generate", "backbone": "janus", "model": str(model), "backbone_options": {},
+            "prompts": str(prompts), "out": str(out), "group_size": 2, "batch_size": 4, "cfg_scale": 3.0,
+            "temperature": 1.0, "top_k": None, "top_p": None, "seed": 5, "device": "auto", "dtype": "auto",
+            "progress": True}
+
+
+def test_a_run_folder_of_the_flat_format_resumes(cli_out, tiny_janus, tiny_janus_dir, tmp_path):
+    """A folder whose config.yaml has the flat keys of earlier versions (`model`, `cfg_scale`, ...) resumes
+    with the same settings in today's shape, and refuses others naming the new key."""
+    import yaml
+
+    out = tmp_path / "out"
+    shutil.copytree(cli_out, out)
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps(m) + "\n" for m in METADATA))
+    (out / "config.yaml").write_text(yaml.safe_dump(_old_format_config(out, prompts, tiny_janus_dir), sort_keys=False))
+    (out / "00001" / TOKENS_FILE).unlink()
+    with pytest.raises(InputError, match="holds images made with sampling.cfg_scale=3.0, not 2.0"):
+        run_generate(_config(out, prompts, tiny_janus_dir, cfg_scale=2.0), tiny_janus)
+    with pytest.raises(InputError, match="holds images made with backbone.model="):
+        run_generate(_config(out, prompts, tmp_path / "other"), tiny_janus)
+    report = run_generate(_config(out, prompts, tiny_janus_dir, batch_size=4), tiny_janus)
+    assert (report["already_done"], report["images"]) == (1, 2)
+    _same_outputs(cli_out, out, 1)
+    saved = yaml.safe_load((out / "config.yaml").read_text())  # rewritten in today's shape
+    assert saved["backbone"]["name"] == "janus" and saved["sampling"]["cfg_scale"] == 3.0 and "model" not in saved
+
+
+def test_shortcut_flags_and_nested_overrides_set_the_backbone(tmp_path):
+    """`--backbone` / `--model` set backbone.name / backbone.model; `backbone.*` and `sampling.*` overrides
+    win over them; the flat keys of earlier versions still read, into the same place."""
+    from unirl_kit.cli.common import resolve
+
+    cli = {"backbone.name": "janus", "backbone.model": "A", "prompts": "p.txt"}
+    cfg = resolve(GenerateConfig, None, cli, ["sampling.cfg_scale=2", "backbone.options.chat_template=true",
+                                              "backbone.device=cpu"])
+    assert (cfg.backbone.name, cfg.backbone.model, cfg.backbone.device, cfg.backbone.dtype) == ("janus", "A", "cpu", "auto")
+    assert cfg.backbone.options == {"chat_template": "true"} and cfg.sampling.cfg_scale == 2.0
+    assert resolve(GenerateConfig, None, cli, ["backbone.model=B"]).backbone.model == "B"
+    old = resolve(GenerateConfig, None, cli, ["model=B", "cfg_scale=4", "top_k=3", "device=cpu", "backbone_options.x=1"])
+    assert (old.backbone.model, old.backbone.device, old.backbone.options) == ("B", "cpu", {"x": "1"})
+    assert (old.sampling.cfg_scale, old.sampling.top_k) == (4.0, 3)
+    with pytest.raises(InputError, match="'model' moved to 'backbone.model' and both are given"):
+        resolve(GenerateConfig, None, {}, ["model=B", "backbone.model=C"])
+    with pytest.raises(InputError, match="backbone.fsdp: a training setting; generate does not use it"):
+        run_generate(GenerateConfig(backbone=BackboneConfig(fsdp=True), prompts=str(tmp_path / "p"), out=str(tmp_path)))
 
 
 def test_prompt_longer_than_the_context(tiny_janus, tiny_janus_dir, tmp_path):

@@ -66,6 +66,7 @@ def test_disabled_is_silent_and_a_bad_interval_is_one_line(no_terminal, monkeypa
 def test_generate_advances_per_image_inside_a_batch(tiny_janus, tmp_path, no_terminal, monkeypatch, caplog):
     """One batch of 16 holds all 6 images: the count still moves while it is drawn (issue 18: the bar
     sat at 0/6 until the end), and the log shows the stage's lines."""
+    from unirl_kit.backbones.config import BackboneConfig, SamplingConfig
     from unirl_kit.generation.run import GenerateConfig, run_generate
 
     seen: list[float] = []
@@ -74,8 +75,9 @@ def test_generate_advances_per_image_inside_a_batch(tiny_janus, tmp_path, no_ter
     prompts = tmp_path / "p.jsonl"
     prompts.write_text("".join(json.dumps({"tag": "single_object", "include": [{"class": c, "count": 1}],
                                            "prompt": f"a photo of a {c}"}) + "\n" for c in ("circle", "square", "star")))
-    cfg = GenerateConfig(backbone="janus", model="unused", prompts=str(prompts), out=str(tmp_path / "out"),
-                         group_size=2, batch_size=16, cfg_scale=2.0, device="cpu")
+    cfg = GenerateConfig(backbone=BackboneConfig(name="janus", model="unused", device="cpu"),
+                         sampling=SamplingConfig(cfg_scale=2.0), prompts=str(prompts), out=str(tmp_path / "out"),
+                         group_size=2, batch_size=16)
     with caplog.at_level(logging.INFO, logger="unirl_kit.generate"):
         run_generate(cfg, tiny_janus)
     assert seen[-1] == 6 and any(0 < x < 6 for x in seen) and seen == sorted(seen)

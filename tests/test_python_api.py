@@ -52,9 +52,12 @@ def test_config_forms_agree(tmp_path):
     assert (from_file.group_size, from_file.seed, from_file.out, from_file.batch_size) == (2, 7, str(tmp_path / "o"), 16)
     obj = GenerateConfig(group_size=3)
     assert resolve_config(GenerateConfig, obj) is obj
-    changed = resolve_config(GenerateConfig, obj, ["top_k=5"], backbone_options={"chat_template": True})
-    assert (changed.group_size, changed.top_k, changed.backbone_options) == (3, 5, {"chat_template": True})
-    assert obj.top_k is None  # the caller's object is left alone
+    changed = resolve_config(GenerateConfig, obj, ["sampling.top_k=5"], backbone={"options": {"chat_template": True}})
+    assert (changed.group_size, changed.sampling.top_k, changed.backbone.options) == (3, 5, {"chat_template": True})
+    assert changed.backbone.dtype == "auto" and changed.backbone.name == "tiny-shapes"  # the rest kept
+    assert obj.sampling.top_k is None  # the caller's object is left alone
+    flat = resolve_config(GenerateConfig, obj, ["top_k=5"], backbone_options={"chat_template": True}, model="M")
+    assert (flat.sampling.top_k, flat.backbone.options, flat.backbone.model) == (5, {"chat_template": True}, "M")
     with pytest.raises(InputError, match="group_sise"):
         resolve_config(GenerateConfig, None, group_sise=2)
     with pytest.raises(TypeError, match="GenerateConfig"):

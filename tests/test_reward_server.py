@@ -194,7 +194,8 @@ def test_remote_through_the_registry(serve) -> None:
     server = serve("test-pixels")
     composed = build_rewards(["remote:0.5"], {"remote": {"url": server.url, "batch_size": 2, "retries": 0}})
     samples = make_samples(3)
-    totals, records = composed(samples)
+    out = composed(samples)
+    totals, records = out.scores, out.details
     local = PixelReward()(samples).scores
     assert totals == [0.5 * s for s in local]
     assert records[0]["rewards"]["remote"] == local[0]
@@ -371,7 +372,36 @@ def test_cli_passes_options_and_fails_in_one_line(monkeypatch) -> None:
     result = runner.invoke(_cli(), ["serve", "reward", "--reward", "test-pixels", "--model", "x"])
     assert result.exit_code == 2 and "need --backbone" in result.output
     result = runner.invoke(_cli(), ["serve", "reward", "--help"])
-    assert "reward_options.KEY=VALUE" in result.output
+    assert "reward_options.KEY=VALUE" in result.output and "backbone.options.KEY=VALUE" in result.output
+
+
+def test_cli_backbone_shortcuts_and_nested_settings(monkeypatch) -> None:
+    """`--backbone/--model/--device` and `backbone.*` items build one BackboneConfig, as every stage does; the
+    spelling of earlier versions (`backbone_options.KEY`) still reads; training settings are refused."""
+    from typer.testing import CliRunner
+
+    import unirl_kit.backbones.config as backbone_config
+    import unirl_kit.rewards.server as server_mod
+    from unirl_kit.backbones.config import BackboneConfig
+
+    seen: dict[str, Any] = {}
+    monkeypatch.setattr(server_mod, "serve_reward", lambda name, options, **kw: seen.update(options=options, **kw))
+    monkeypatch.setattr(backbone_config, "build_backbone", lambda cfg: cfg)
+    runner = CliRunner()
+    result = runner.invoke(_cli(), ["serve", "reward", "--reward", "test-pixels", "--backbone", "janus", "--model", "M",
+                                    "--device", "cpu", "backbone.options.k=1", "backbone.dtype=bf16", "scale=2"])
+    assert result.exit_code == 0, result.output
+    assert seen["backbone"] == BackboneConfig(name="janus", model="M", options={"k": "1"}, device="cpu", dtype="bf16")
+    assert seen["options"] == {"scale": "2"}
+    result = runner.invoke(_cli(), ["serve", "reward", "--reward", "test-pixels", "--backbone", "janus",
+                                    "backbone_options.k=2"])
+    assert result.exit_code == 0, result.output
+    assert seen["backbone"] == BackboneConfig(name="janus", options={"k": "2"}, dtype="auto")
+    result = runner.invoke(_cli(), ["serve", "reward", "--reward", "test-pixels", "backbone.name=janus",
+                                    "backbone.fsdp=true"])
+    assert result.exit_code == 2 and "backbone.fsdp: a training setting" in result.output
+    result = runner.invoke(_cli(), ["serve", "reward", "--reward", "test-pixels", "backbone.options.k=1"])
+    assert result.exit_code == 2 and "need --backbone" in result.output
 
 
 # ---- hostile requests: bounded, and always answered in JSON ----

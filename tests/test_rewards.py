@@ -262,7 +262,8 @@ def test_composition_weights_each_reward():
                       (Requirement("circle", 1), Requirement("square", 1)))
     samples = _renders([spec], 12) + _renders([spec], 13, error="missing")
     composed = build_rewards(["geneval", "geneval-partial:0.5"])
-    totals, records = composed(samples)
+    out = composed(samples)
+    totals, records = out.scores, out.details
     assert composed.names == ["geneval", "geneval-partial"]
     assert totals == [1.0 + 0.5 * 1.0, 0.0 + 0.5 * 0.5]
     assert records[1]["rewards"] == {"geneval": 0.0, "geneval-partial": 0.5}
@@ -272,7 +273,8 @@ def test_composition_weights_each_reward():
 def test_composition_needs_a_backbone_for_self_qa():
     with pytest.raises(InputError, match="needs a backbone"):
         build_rewards(["self-qa"])
-    totals, _ = build_rewards(["self-qa:2"], backbone=CannedBackbone(["three bowls"]))([Sample(FOUR_BOWLS, BLANK)])
+    out = build_rewards(["self-qa:2"], backbone=CannedBackbone(["three bowls"]))([Sample(FOUR_BOWLS, BLANK)])
+    totals = out.scores
     assert totals == [1.0]
 
 

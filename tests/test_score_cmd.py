@@ -14,6 +14,7 @@ import torch
 import typer
 from typer.testing import CliRunner
 
+from unirl_kit.backbones.config import BackboneConfig
 from unirl_kit.cli import score_cmd
 from unirl_kit.config import load_config
 from unirl_kit.eval.geneval.layout import write_prompt_folder
@@ -337,9 +338,10 @@ def test_two_ranks_give_the_single_process_file(samples, tmp_path, monkeypatch):
 
 
 def test_the_backbone_is_built_only_when_a_reward_needs_it(samples, tmp_path):
-    score(samples, tmp_path / "a.jsonl", backbone="no-such-backbone")  # no reward needs it: never looked up
+    nowhere = BackboneConfig(name="no-such-backbone")
+    score(samples, tmp_path / "a.jsonl", backbone=nowhere)  # no reward needs it: never looked up
     with pytest.raises(UnknownPluginError, match="no-such-backbone"):
-        score(samples, tmp_path / "b.jsonl", ["test-backbone"], backbone="no-such-backbone")
+        score(samples, tmp_path / "b.jsonl", ["test-backbone"], backbone=nowhere)
 
     class Fake:
         value = 0.25
@@ -348,7 +350,8 @@ def test_the_backbone_is_built_only_when_a_reward_needs_it(samples, tmp_path):
                           progress=False), backbone=Fake())
     assert {r["reward"] for r in read_rows(tmp_path / "c.jsonl")} == {0.25}
     header = json.loads((tmp_path / "c.rewards.json").read_text())
-    assert header["backbone"] == "tiny-shapes" and header["model"] is None
+    # the flat keys of earlier versions: their scores files resume (backbone.* compares as before)
+    assert header["backbone"] == "tiny-shapes" and header["model"] is None and header["backbone_options"] == {}
 
 
 # --------------------------------------------------------------------------------------------
@@ -383,8 +386,22 @@ def test_bad_input_is_a_one_line_error(samples, tmp_path):
 def test_shipped_config_loads(tmp_path):
     cfg = load_config(ScoreConfig, Path(__file__).parents[1] / "configs" / "score" / "tiny_shapes.yaml",
                       {"samples_dir": str(tmp_path)}, ["reward_options.geneval.threshold=0.5"])
-    assert cfg.rewards == ["self-qa"] and cfg.backbone == "tiny-shapes" and cfg.model is None
+    assert cfg.rewards == ["self-qa"] and cfg.backbone.name == "tiny-shapes" and cfg.backbone.model is None
+    assert cfg.backbone.dtype == "auto"
     assert score_run.scores_path(cfg) == tmp_path / "scores.jsonl"
+
+
+def test_a_flat_config_of_earlier_versions_loads_into_backbone(tmp_path):
+    """`backbone: NAME`, `model`, `backbone_options`, `device` at the top level (before issue 19) read as
+    backbone.*; the shortcut options and overrides still win over the file."""
+    old = tmp_path / "old.yaml"
+    old.write_text("backbone: janus\nmodel: A\nbackbone_options: {chat_template: true}\ndevice: cpu\n")
+    cfg = load_config(ScoreConfig, old, {"samples_dir": str(tmp_path), "backbone.model": "B"}, ["backbone.dtype=bf16"])
+    assert (cfg.backbone.name, cfg.backbone.model, cfg.backbone.device, cfg.backbone.dtype) == ("janus", "B", "cpu", "bf16")
+    assert cfg.backbone.options == {"chat_template": True}
+    old.write_text("model: A\nbackbone: {model: C}\n")
+    with pytest.raises(InputError, match="'model' moved to 'backbone.model' and both are given; give only backbone.model"):
+        load_config(ScoreConfig, old)
 
 
 # --------------------------------------------------------------------------------------------
@@ -420,3 +437,19 @@ def test_cli_errors_are_one_line(samples, tmp_path, monkeypatch):
     assert result.exit_code == 2 and result.stderr.count("\n") == 1, result.output
     assert "'test-fail'" in result.stderr and "00001/samples/0001.png" in result.stderr
     assert len(read_rows(tmp_path / "b.jsonl")) == 3
+
+
+def test_cli_shortcuts_set_backbone_name_and_model(samples, tmp_path, monkeypatch):
+    """`--backbone` / `--model` are backbone.name / backbone.model; backbone.* overrides join them."""
+    seen: list[BackboneConfig] = []
+
+    class Fake:
+        value = 0.5
+
+    monkeypatch.setattr(score_run, "build_backbone", lambda cfg: seen.append(cfg) or Fake())
+    result = cli("score", samples, "-r", "test-backbone", "--backbone", "janus", "--model", "M", "--out",
+                 tmp_path / "s.jsonl", "backbone.options.k=1", "backbone.device=cpu", "progress=false")
+    assert result.exit_code == 0, result.output
+    assert [(c.name, c.model, c.options, c.device, c.dtype) for c in seen] == [("janus", "M", {"k": "1"}, "cpu", "auto")]
+    result = cli("score", samples, "-r", "test-backbone", "--out", tmp_path / "t.jsonl", "backbone.fsdp=true")
+    assert result.exit_code == 2 and "backbone.fsdp: a training setting; score does not use it" in result.stderr

@@ -151,14 +151,15 @@ def test_prompts_cli_draws_shares(unirl_cli, tmp_path):
 
 def _judged_samples(model: Path, prompt_file: Path, out: Path) -> Path:
     """4 images per prompt by the random model, judged by LowTokens (`unirl generate` + `unirl score`)."""
+    from unirl_kit.backbones.config import BackboneConfig, SamplingConfig
     from unirl_kit.generation.run import GenerateConfig, run_generate
     from unirl_kit.scoring.run import ScoreConfig, run_score
 
     register_test_rewards()
-    run_generate(GenerateConfig(backbone="janus", model=str(model), prompts=str(prompt_file), out=str(out),
-                                group_size=4, cfg_scale=2.0, seed=5, device="cpu", progress=False))
-    run_score(ScoreConfig(samples_dir=str(out), rewards=[LowTokens.name], backbone="janus", model=str(model),
-                          device="cpu", progress=False))
+    spec = BackboneConfig(name="janus", model=str(model), device="cpu", dtype="auto")
+    run_generate(GenerateConfig(backbone=spec, sampling=SamplingConfig(cfg_scale=2.0), prompts=str(prompt_file),
+                                out=str(out), group_size=4, seed=5, progress=False))
+    run_score(ScoreConfig(samples_dir=str(out), rewards=[LowTokens.name], backbone=spec, progress=False))
     return out
 
 

@@ -118,11 +118,12 @@ def test_generate_score_and_geneval_through_the_cli(showo_dir, tmp_path):
     run_prompts(PromptsConfig(world="shapes", n=3, seed=0, out=str(prompts)))
     out = tmp_path / "images"
     _cli("generate", "--backbone", "showo", "--model", str(showo_dir), "--prompts", str(prompts), "--group-size", "2",
-         "--out", str(out), "device=cpu", "cfg_scale=3", "backbone_options.timesteps=4", "progress=false")
+         "--out", str(out), "backbone.device=cpu", "sampling.cfg_scale=3", "backbone.options.timesteps=4",
+         "progress=false")
     saved = read_prompt_samples(out, 0)
     assert saved["tokens"].shape == saved["trajectory"].shape == (2, 16)
-    _cli("score", str(out), "--reward", "self-qa", "--backbone", "showo", "--model", str(showo_dir), "device=cpu",
-         "backbone_options.timesteps=4", "progress=false")
+    _cli("score", str(out), "--reward", "self-qa", "--backbone", "showo", "--model", str(showo_dir),
+         "backbone.device=cpu", "backbone.options.timesteps=4", "progress=false")
     lines = [json.loads(x) for x in (out / "scores.jsonl").read_text().splitlines()]
     assert len([x for x in lines if "reward" in x]) == 6
     _cli("eval", "geneval", str(out), "--out", str(tmp_path / "geneval"), "--detector", "shapes", "progress=false")

@@ -78,7 +78,7 @@ def prompts_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _generate(backbone: str, model: Path, prompts: Path, out: Path):
     return CliRunner().invoke(app, ["generate", "--backbone", backbone, "--model", str(model), "--prompts",
-                                    str(prompts), "--out", str(out), "--group-size", "1", "device=cpu"],
+                                    str(prompts), "--out", str(out), "--group-size", "1", "backbone.device=cpu"],
                               env={"NO_COLOR": "1", "COLUMNS": "200"})
 
 

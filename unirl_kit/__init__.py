@@ -22,6 +22,8 @@ _LAZY: dict[str, str] = {
     "self_improve": "unirl_kit.api",
     "resolve_config": "unirl_kit.api",
     "PromptsConfig": "unirl_kit.prompts.cmd",
+    "BackboneConfig": "unirl_kit.backbones.config",
+    "SamplingConfig": "unirl_kit.backbones.config",
     "GenerateConfig": "unirl_kit.generation.run",
     "GenevalConfig": "unirl_kit.eval.geneval.runner",
     "ScoreConfig": "unirl_kit.scoring.run",
@@ -32,8 +34,8 @@ _LAZY: dict[str, str] = {
 }
 
 __all__ = [
-    "GRPOConfig", "GenerateConfig", "GenevalConfig", "InputError", "LoopConfig", "PromptsConfig", "SFTConfig",
-    "ScoreConfig", "__version__", "evaluate_geneval", "generate", "make_prompts", "resolve_config", "score", "self_improve",
+    "BackboneConfig", "GRPOConfig", "GenerateConfig", "GenevalConfig", "InputError", "LoopConfig", "PromptsConfig", "SFTConfig",
+    "SamplingConfig", "ScoreConfig", "__version__", "evaluate_geneval", "generate", "make_prompts", "resolve_config", "score", "self_improve",
     "train_grpo", "train_sft",
 ]
 
@@ -48,6 +50,7 @@ if TYPE_CHECKING:
         train_grpo,
         train_sft,
     )
+    from unirl_kit.backbones.config import BackboneConfig, SamplingConfig
     from unirl_kit.eval.geneval.runner import GenevalConfig
     from unirl_kit.generation.run import GenerateConfig
     from unirl_kit.loop.config import LoopConfig

@@ -8,9 +8,10 @@ it (defaults < YAML file < keyword arguments < `key=value` overrides, via `unirl
 - nothing: the command's defaults.
 
 Keyword arguments name top-level fields (`group_size=1`); a nested field takes a dict, merged into the
-rest (`rules={"threshold": 0.4}`), or an override string (`overrides=["run.steps=3"]`). A keyword set
-to None is left out (the file's or the default value stands), as an unset CLI option is; use an
-override (`"cfg_scale=null"`) to set a field to None.
+rest (`backbone={"model": "DIR"}`, `rules={"threshold": 0.4}`), or an override string
+(`overrides=["backbone.model=DIR", "run.steps=3"]`). A keyword set to None is left out (the file's or the
+default value stands), as an unset CLI option is; use an override (`"sampling.cfg_scale=null"`) to set a
+field to None.
 
 Each returns what the command prints as JSON (a summary dict). Bad input raises
 `unirl_kit.types.InputError`, whose message is the CLI's one-line error. Heavy imports (torch) happen on
@@ -49,21 +50,26 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def _backbone_settings(value: str | dict) -> dict[str, Any]:
+    """`backbone=` given as the plugin's name or as a mapping of `backbone.*` settings."""
+    return {"name": value} if isinstance(value, str) else dict(value)
+
+
 def resolve_config(cls: type[T], config: ConfigLike[T] = None, overrides: list[str] | None = None,
                    **kwargs: Any) -> T:
     """`cls` from a config object, a YAML path or nothing, then keyword arguments, then `key=value`
     overrides: the CLI's resolution order and checks (`load_config`)."""
-    from unirl_kit.config import deep_merge, from_dict, load_config, parse_overrides, to_dict
+    from unirl_kit.config import deep_merge, from_dict, load_config, parse_overrides, to_dict, translate_moved
 
     cli = _plain(kwargs)
     if isinstance(config, cls):
         if not cli and not overrides:
             return config
-        data = to_dict(config)
-        for key, value in cli.items():
-            if value is not None:
-                data = deep_merge(data, {key: value})
-        return from_dict(cls, deep_merge(data, parse_overrides(overrides)), cls.__name__)
+        data = to_dict(config)  # each layer's moved keys (`model=` -> backbone.model) are read before merging
+        for key, value in translate_moved(cls, {k: v for k, v in cli.items() if v is not None}, "keywords").items():
+            data = deep_merge(data, {key: value})
+        over = translate_moved(cls, parse_overrides(overrides), "overrides")
+        return from_dict(cls, deep_merge(data, over), cls.__name__)
     if config is not None and not isinstance(config, (str, PathLike)):
         raise TypeError(f"config: expected a {cls.__name__}, a YAML path or None, got {type(config).__name__}")
     return load_config(cls, Path(config) if config is not None else None, cli, list(overrides or []))
@@ -82,11 +88,12 @@ def generate(config: ConfigLike[GenerateConfig] = None, *, overrides: list[str] 
              backbone: Any = None, **kwargs: Any) -> dict[str, Any]:
     """`unirl generate`: `group_size` images per prompt of `prompts` into `out` (GenEval layout);
     resumable. `backbone` may be an already built backbone object (reused across calls); a string names
-    the plugin (`"tiny-shapes"`, `"janus"`, `"showo"`) as the config field does."""
+    the plugin (`"tiny-shapes"`, `"janus"`, `"showo"`) as `backbone.name` does, a dict gives `backbone.*`
+    settings (`{"name": "janus", "model": "DIR"}`)."""
     from unirl_kit.generation.run import GenerateConfig, run_generate
 
-    if isinstance(backbone, str):
-        kwargs["backbone"], backbone = backbone, None
+    if isinstance(backbone, (str, dict)):  # a name (as `--backbone NAME`) or backbone.* settings
+        kwargs["backbone"], backbone = _backbone_settings(backbone), None
     return run_generate(resolve_config(GenerateConfig, config, overrides, **kwargs), backbone)
 
 
@@ -105,8 +112,8 @@ def score(config: ConfigLike[ScoreConfig] = None, *, overrides: list[str] | None
     `samples_dir`, written to `scores.jsonl`; returns the summary. `backbone` as in `generate`."""
     from unirl_kit.scoring.run import ScoreConfig, run_score
 
-    if isinstance(backbone, str):
-        kwargs["backbone"], backbone = backbone, None
+    if isinstance(backbone, (str, dict)):  # a name (as `--backbone NAME`) or backbone.* settings
+        kwargs["backbone"], backbone = _backbone_settings(backbone), None
     return run_score(resolve_config(ScoreConfig, config, overrides, **kwargs), backbone)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import json
+import logging
 import math
 import platform
 import sys
@@ -98,9 +99,14 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if origin is Literal:
         choices = typing.get_args(tp)
         if value not in choices:
-            raise InputError(f"{where}: expected one of {', '.join(map(str, choices))}, got {value!r}")
+            raise InputError(f"{where}: {value!r} is not one of {', '.join(map(str, choices))}")
         return str(value) if isinstance(value, _Raw) else value
     if dataclasses.is_dataclass(tp):
+        if isinstance(value, _Raw):  # `backbone={name: janus, model: DIR}` on the command line
+            try:
+                value = yaml.safe_load(value)
+            except yaml.YAMLError:
+                pass
         if not isinstance(value, dict):
             raise InputError(f"{where}: expected a mapping of {tp.__name__} fields, got {value!r}")
         return from_dict(tp, value, where)
@@ -143,10 +149,80 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     raise InputError(f"{where}: expected {_type_name(tp)}, got {value!r}")
 
 
+def translate_moved(cls: type | dict[str, str], data: dict[str, Any], where: str = "config",
+                    warn: bool = True) -> dict[str, Any]:
+    """`data` with the keys `cls.MOVED_KEYS` (or the mapping `cls`) lists as moved (`model` -> `backbone.model`)
+    put where they now live, so old config files, overrides and saved config.yaml files keep loading; a key
+    given both ways in one mapping fails naming the new one. `warn`: log a line per moved key (not when
+    comparing a saved config.yaml)."""
+    moved: dict[str, str] = (cls if isinstance(cls, dict) else getattr(cls, "MOVED_KEYS", None)) or {}
+    if not moved or not isinstance(data, dict) or not any(k in data for k in moved):
+        return data
+    out = dict(data)
+    for old, new in moved.items():
+        if old not in out:
+            continue
+        head, *parents, leaf = new.split(".")
+        value = out[old]
+        if old == head:  # `backbone: NAME` (the old shape) beside `backbone: {name: ...}` (the new one)
+            parsed = _parse_raw(value)
+            if parsed is None or isinstance(parsed, dict):
+                out[old] = parsed if isinstance(value, _Raw) else value
+                continue
+        del out[old]
+        node = out
+        for part in (head, *parents):
+            child = node.get(part, {})
+            if not isinstance(child, dict):
+                raise InputError(f"{where}: {old!r} moved to {new!r}, but {part!r} is given as {child!r}; give {new}")
+            node[part] = child = dict(child)
+            node = child
+        if leaf in node:
+            raise InputError(f"{where}: {old!r} moved to {new!r} and both are given; give only {new}")
+        node[leaf] = value
+        if warn:
+            logging.getLogger("unirl_kit.config").warning("%s: %r moved to %r (read as that; please rename it)",
+                                                          where, old, new)
+    return out
+
+
+def _parse_raw(value: Any) -> Any:
+    """A command-line string as YAML reads it (other values as they are; unparsable: the string)."""
+    if not isinstance(value, _Raw):
+        return value
+    try:
+        return yaml.safe_load(value)
+    except yaml.YAMLError:
+        return str(value)
+
+
+def _own_defaults(f: dataclasses.Field) -> dict[str, Any]:
+    """The settings where a nested config's field default differs from its class's defaults (SFT's
+    `run.out`, an inference stage's `backbone.dtype: auto`): a mapping given in part keeps them."""
+    if f.default_factory is dataclasses.MISSING:
+        return {}
+    default = f.default_factory()
+    if not dataclasses.is_dataclass(default):
+        return {}
+    own = {}
+    for g in dataclasses.fields(default):
+        if g.default is not dataclasses.MISSING:
+            base = g.default
+        elif g.default_factory is not dataclasses.MISSING:
+            base = g.default_factory()
+        else:
+            continue
+        if getattr(default, g.name) != base:
+            own[g.name] = to_dict(getattr(default, g.name))
+    return own
+
+
 def from_dict(cls: type[T], data: dict[str, Any], where: str = "config") -> T:
-    """Build a dataclass from a mapping, checking keys and types."""
+    """Build a dataclass from a mapping, checking keys and types; moved keys are read where they live now."""
+    data = translate_moved(cls, data, where)
     hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    names = list(fields)
     unknown = [k for k in data if k not in names]
     if unknown:
         import difflib
@@ -157,7 +233,10 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "config") -> T:
     kwargs = {}
     for name in names:
         if name in data:
-            kwargs[name] = _coerce(data[name], hints[name], f"{where}.{name}" if where else name)
+            value = data[name]
+            if isinstance(value, dict) and dataclasses.is_dataclass(hints[name]):
+                value = {**_own_defaults(fields[name]), **value}
+            kwargs[name] = _coerce(value, hints[name], f"{where}.{name}" if where else name)
     try:
         return cls(**kwargs)
     except TypeError as exc:  # a required field left out
@@ -187,13 +266,13 @@ def load_config(
 ) -> T:
     """Resolve a command's config: defaults < file < CLI options < `key=value` overrides."""
     data: dict[str, Any] = {}
-    if config_file is not None:
-        data = read_yaml(config_file)
+    if config_file is not None:  # each layer's moved keys are read before merging: the later layer still wins
+        data = translate_moved(cls, read_yaml(config_file), str(config_file))
         from_dict(cls, data, str(config_file))  # the file alone must be valid: errors name it
-    cli_set = {k: v for k, v in (cli or {}).items() if v is not None}
+    cli_set = translate_moved(cls, {k: v for k, v in (cli or {}).items() if v is not None}, "options")
     for key, value in cli_set.items():
         data = deep_merge(data, _nest(key, value))
-    data = deep_merge(data, parse_overrides(overrides))
+    data = deep_merge(data, translate_moved(cls, parse_overrides(overrides), "command line"))
     return from_dict(cls, data, "command line")
 
 
@@ -239,7 +318,10 @@ RANGES: dict[str, Range] = {
     "OptimConfig.beta1": Range(0, 1, high_open=True), "OptimConfig.beta2": Range(0, 1, high_open=True),
     "OptimConfig.min_lr_ratio": SHARE,
     "LoraConfig.r": COUNT, "LoraConfig.alpha": POSITIVE, "LoraConfig.dropout": Range(0, 1, high_open=True),
-    "SamplingConfig.temperature": Range(0, low_open=True, why="0 would draw a group's images all alike"),
+    # a trainer's group (and the loop's) drawn greedily would be one image repeated; generate may be greedy
+    **dict.fromkeys(("GRPOConfig.sampling.temperature", "SFTConfig.sampling.temperature",
+                     "LoopConfig.sampling.temperature"),
+                    Range(0, low_open=True, why="0 would draw a group's images all alike")),
     "RunConfig.keep_checkpoints": Range(0, why="0 = keep all"),
     "GRPOConfig.group_size": Range(2, why="a group of one has no baseline"),
     "GRPOConfig.num_iterations": COUNT, "GRPOConfig.epsilon": NON_NEGATIVE, "GRPOConfig.epsilon_high": NON_NEGATIVE,
@@ -275,20 +357,38 @@ RANGES: dict[str, Range] = {
 }
 
 
-def range_of(cls: type, name: str) -> Range | None:
-    """A field's entry in RANGES: its class's own, else the plain field name's."""
+def range_of(cls: type, name: str, root: type | None = None, key: str = "") -> Range | None:
+    """A field's entry in RANGES: the top config's for its dotted key (`GRPOConfig.sampling.temperature`),
+    else its class's own, else the plain field name's."""
+    if root is not None and key and f"{root.__name__}.{key}" in RANGES:
+        return RANGES[f"{root.__name__}.{key}"]
     return RANGES.get(f"{cls.__name__}.{name}", RANGES.get(name))
 
 
-def check_ranges(cfg: Any, prefix: str = "") -> None:
+def check_ranges(cfg: Any, prefix: str = "", root: type | None = None) -> None:
     """Every number of a resolved config (nested configs, dict and list values too) finite and inside its
-    RANGES entry; the error names the dotted key as a user types it (`optim.lr`)."""
+    RANGES entry, every `Literal` field one of its words (a config built in Python skips `from_dict`);
+    the error names the dotted key as a user types it (`optim.lr`)."""
+    root = root or type(cfg)
+    hints = typing.get_type_hints(type(cfg))
     for f in dataclasses.fields(cfg):
         value = getattr(cfg, f.name)
         if dataclasses.is_dataclass(value):
-            check_ranges(value, f"{prefix}{f.name}.")
+            check_ranges(value, f"{prefix}{f.name}.", root)
         else:
-            check_value(f"{prefix}{f.name}", value, range_of(type(cfg), f.name))
+            key = f"{prefix}{f.name}"
+            check_value(key, value, range_of(type(cfg), f.name, root, key))
+            check_choice(f"{prefix}{f.name}", value, hints.get(f.name))
+
+
+def check_choice(key: str, value: Any, tp: Any) -> None:
+    """`value` one of the words of a `Literal` type (or None where the type is optional)."""
+    if typing.get_origin(tp) in (Union, types.UnionType):
+        if value is None and type(None) in typing.get_args(tp):
+            return
+        tp = next((a for a in typing.get_args(tp) if typing.get_origin(a) is Literal), None)
+    if typing.get_origin(tp) is Literal and value not in typing.get_args(tp):
+        raise InputError(f"{key}: {value!r} is not one of {', '.join(map(str, typing.get_args(tp)))}")
 
 
 def check_value(key: str, value: Any, allowed: Range | None = None) -> None:

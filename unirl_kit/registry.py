@@ -185,7 +185,7 @@ def register(group: str, name: str, target: Any = None, *, description: str = ""
 
 
 _OPTION_PREFIX = {"detectors": "detector_options", "color_classifiers": "color_options",
-                  "backbones": "backbone_options"}  # how a user spells a plugin's options in overrides
+                  "backbones": "backbone.options"}  # how a user spells a plugin's options in overrides
 
 
 def required_options(factory: Any, given: dict[str, Any]) -> list[str]:

@@ -88,7 +88,7 @@ class Backbone(Protocol):
     codebook_size: int
     image_size: int  # pixels per side of generated images
     tokenizer: Any  # the text tokenizer (transformers), e.g. to count answer tokens
-    # optional: default_cfg_scale (float | None), the guidance these weights sample with (resolve_cfg_scale)
+    default_cfg_scale: float | None  # the guidance these weights sample with; None: 5 (resolve_cfg_scale)
 
     @property
     def device(self) -> torch.device: ...
@@ -148,6 +148,26 @@ class Backbone(Protocol):
         ...
 
 
+@runtime_checkable
+class DifferentiableImages(Protocol):
+    """The optional capability end-to-end SFT (`mode=e2e`) needs: a path from generation logits through
+    the decoder to the answer loss that gradients can follow (Janus has it; Show-o's discrete diffusion does
+    not). A backbone class has it when `issubclass(cls, DifferentiableImages)`."""
+
+    def generation_logits(self, prompts: Sequence[str], tokens: torch.Tensor) -> torch.Tensor:
+        """[N, T, V] conditional generation logits for `tokens` fed back (no CFG), differentiable."""
+        ...
+
+    def decode_soft(self, weights: torch.Tensor) -> torch.Tensor:
+        """Pixels [N, 3, H, W] in [-1, 1] from codebook weights [N, T, V], differentiable in `weights`."""
+        ...
+
+    def answer_logprobs_from_pixels(self, pixels: torch.Tensor, questions: Sequence[str],
+                                    answers: Sequence[str]) -> AnswerScores:
+        """`answer_logprobs` on decoder pixels, differentiable in them."""
+        ...
+
+
 def candidate_logprobs_by_rows(backbone: Any, images: Sequence[Image.Image], questions: Sequence[str],
                                candidates: Sequence[Sequence[str]]) -> list[list[float]]:
     """`candidate_logprobs` as one `answer_logprobs` row per (image, candidate): the image and question are
@@ -191,13 +211,13 @@ def rows_per_prompt(prompts: Sequence[str], tokens: torch.Tensor) -> int:
 DEFAULT_CFG_SCALE = 5.0  # Janus's and Janus-Pro's published guidance
 
 
-def resolve_cfg_scale(backbone: Any, cfg_scale: float | None) -> float:
+def resolve_cfg_scale(backbone: Backbone, cfg_scale: float | None) -> float:
     """An explicit scale, else the backbone's `default_cfg_scale` (Janus: the model folder's
     generation_config.json `guidance_scale`), else 5. Why: the right guidance belongs to the weights
     (tiny-shapes since v5 samples best unguided), not to the command that runs them."""
     if cfg_scale is not None:
         return float(cfg_scale)
-    return float(getattr(backbone, "default_cfg_scale", None) or DEFAULT_CFG_SCALE)
+    return float(backbone.default_cfg_scale or DEFAULT_CFG_SCALE)
 
 
 def image_seed(base: int, prompt_index: int, image_index: int) -> int:

@@ -53,10 +53,11 @@ def understanding(
     images_dir: Path | None = typer.Option(None, help="generated images (GenEval layout, from `unirl generate`)"),
     geneval_results: Path | None = typer.Option(None, help="their results.jsonl (or folder) from `unirl eval geneval`"),
     vqa: Path | None = typer.Option(None, help="VQA JSONL: image, question, answers[, type] per line"),
-    backbone: str | None = typer.Option(None, help="backbone plugin (default: tiny-shapes); see `unirl plugins`"),
-    model: str | None = typer.Option(None, help="model folder or hub id (default: the backbone's own)"),
+    backbone: str | None = typer.Option(None, help="backbone.name: the backbone plugin (default: tiny-shapes); see "
+                                                   "`unirl plugins`"),
+    model: str | None = typer.Option(None, help="backbone.model: model folder or hub id (default: the backbone's own)"),
     out: Path | None = typer.Option(None, help="output folder: summary.json, summary.md, rows.jsonl"),
-    device: str | None = typer.Option(None, help="auto, cpu, cuda, cuda:N (default: auto)"),
+    device: str | None = typer.Option(None, help="backbone.device: auto, cpu, cuda, cuda:N (default: auto)"),
     batch_size: int | None = typer.Option(None, help="questions per answer call (default: 32)"),
     config: Path | None = CONFIG_OPTION,
     overrides: list[str] | None = OVERRIDES_ARG,
@@ -65,7 +66,8 @@ def understanding(
     generation/understanding imbalance; resumable per protocol.
 
     More options go in overrides: per_tag=50, pope.strategy=popular, pope.n_images=100,
-    pope.source=generated, imbalance.gen_rule=any, max_new_tokens=32, seed=0, dtype=bf16, ...
+    pope.source=generated, imbalance.gen_rule=any, max_new_tokens=32, seed=0, backbone.dtype=bf16,
+    backbone.options.KEY=VALUE, ...
     """
     _understanding(protocol, images_dir, geneval_results, vqa, backbone, model, out, device, batch_size, config,
                    overrides)
@@ -77,10 +79,11 @@ def _understanding(protocol, images_dir, geneval_results, vqa, backbone, model, 
     from unirl_kit.eval.understanding.report import print_tables
     from unirl_kit.eval.understanding.runner import UnderstandingConfig, run_understanding
 
-    cfg = resolve(UnderstandingConfig, config, dict(
-        protocols=list(protocol) if protocol else None, images_dir=images_dir and str(images_dir),
-        geneval_results=geneval_results and str(geneval_results), vqa_file=vqa and str(vqa), backbone=backbone,
-        model=model, out=out and str(out), device=device, batch_size=batch_size), list(overrides or []))
+    cfg = resolve(UnderstandingConfig, config, {
+        "protocols": list(protocol) if protocol else None, "images_dir": images_dir and str(images_dir),
+        "geneval_results": geneval_results and str(geneval_results), "vqa_file": vqa and str(vqa),
+        "backbone.name": backbone, "backbone.model": model, "backbone.device": device, "out": out and str(out),
+        "batch_size": batch_size}, list(overrides or []))
     summary = run_understanding(cfg)
     print_tables(summary)
     typer.echo(f"summary: {Path(cfg.out) / 'summary.json'}; rows: {Path(cfg.out) / 'rows.jsonl'}")

@@ -11,8 +11,10 @@ from unirl_kit.cli.common import CONFIG_OPTION, OVERRIDES_ARG, resolve, user_err
 
 
 def generate(
-    backbone: str | None = typer.Option(None, help="backbone plugin (default: tiny-shapes); see `unirl plugins`"),
-    model: str | None = typer.Option(None, help="model folder (HF format) or hub id (default: the backbone's own)"),
+    backbone: str | None = typer.Option(None, help="backbone.name: the backbone plugin (default: tiny-shapes); see "
+                                                   "`unirl plugins`"),
+    model: str | None = typer.Option(None, help="backbone.model: model folder (HF format) or hub id (default: the "
+                                                "backbone's own)"),
     prompts: Path | None = typer.Option(None, help="GenEval metadata JSONL, `unirl prompts` output, or text (one a line)"),
     group_size: int | None = typer.Option(None, help="images per prompt (default: 4)"),
     out: Path | None = typer.Option(None, help="output folder (GenEval layout + tokens.safetensors + grid.png)"),
@@ -23,8 +25,9 @@ def generate(
 ) -> None:
     """Sample images for every prompt; resumable; rank-sliced under torchrun.
 
-    Sampling settings go in overrides: cfg_scale=null (the weights' own; Janus 5) temperature=1 top_k=null top_p=null device=auto
-    dtype=auto backbone_options.chat_template=true ...
+    Sampling and loading settings go in overrides: sampling.cfg_scale=null (the weights' own; Janus 5)
+    sampling.temperature=1 sampling.top_k=null sampling.top_p=null backbone.device=auto backbone.dtype=auto
+    backbone.options.chat_template=true ...
     """
     _generate(backbone, model, prompts, group_size, out, batch_size, seed, config, overrides)
 
@@ -33,9 +36,9 @@ def generate(
 def _generate(backbone, model, prompts, group_size, out, batch_size, seed, config, overrides) -> None:
     from unirl_kit.generation.run import GenerateConfig, run_generate
 
-    cfg = resolve(GenerateConfig, config, dict(
-        backbone=backbone, model=model, prompts=prompts and str(prompts), group_size=group_size,
-        out=out and str(out), batch_size=batch_size, seed=seed), overrides or [])
+    cfg = resolve(GenerateConfig, config, {
+        "backbone.name": backbone, "backbone.model": model, "prompts": prompts and str(prompts),
+        "group_size": group_size, "out": out and str(out), "batch_size": batch_size, "seed": seed}, overrides or [])
     report = run_generate(cfg)
     typer.echo(json.dumps(report))
 

@@ -14,8 +14,8 @@ def score(
     reward: list[str] | None = typer.Option(
         None, "--reward", "-r", show_default=False,
         help="NAME, NAME:WEIGHT or module:function[:WEIGHT], repeatable (default: self-qa); see `unirl plugins`"),
-    backbone: str | None = typer.Option(None, help="backbone for rewards that need one (default: tiny-shapes)"),
-    model: str | None = typer.Option(None, help="model folder or hub id (default: the backbone's own)"),
+    backbone: str | None = typer.Option(None, help="backbone.name: for rewards that need one (default: tiny-shapes)"),
+    model: str | None = typer.Option(None, help="backbone.model: model folder or hub id (default: the backbone's own)"),
     out: Path | None = typer.Option(None, help="scores file (default: SAMPLES_DIR/scores.jsonl)"),
     batch_size: int | None = typer.Option(None, help="images per reward call (default: 32)"),
     config: Path | None = CONFIG_OPTION,
@@ -23,8 +23,8 @@ def score(
 ) -> None:
     """Score every image of a GenEval-layout folder with weighted rewards; resumable; rank-sharded.
 
-    Reward options go in overrides: reward_options.NAME.KEY=VALUE; also device=auto dtype=auto
-    backbone_options.KEY=VALUE progress=false ...
+    Reward options go in overrides: reward_options.NAME.KEY=VALUE; also backbone.device=auto
+    backbone.dtype=auto backbone.options.KEY=VALUE progress=false ...
     """
     _score(samples_dir, reward, backbone, model, out, batch_size, config, overrides)
 
@@ -35,9 +35,9 @@ def _score(samples_dir, reward, backbone, model, out, batch_size, config, overri
     from unirl_kit.scoring.summary import print_table
 
     samples_dir, overrides = split_positional(samples_dir, overrides)
-    cfg = resolve(ScoreConfig, config, dict(
-        samples_dir=samples_dir, rewards=list(reward) if reward else None, backbone=backbone, model=model,
-        out=out and str(out), batch_size=batch_size), overrides)
+    cfg = resolve(ScoreConfig, config, {
+        "samples_dir": samples_dir, "rewards": list(reward) if reward else None, "backbone.name": backbone,
+        "backbone.model": model, "out": out and str(out), "batch_size": batch_size}, overrides)
     summary = run_score(cfg)  # a reward's failure: one line (user_errors); the rows before it stay
     if summary:
         print_table(summary)

@@ -11,67 +11,79 @@ import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-from unirl_kit.config import check_ranges, to_dict, write_run_info
+from unirl_kit.backbones.config import (
+    MOVED_BACKBONE_KEYS,
+    MOVED_SAMPLING_KEYS,
+    BackboneConfig,
+    SamplingConfig,
+    build_backbone,
+    check_inference,
+    inference_backbone,
+)
+from unirl_kit.config import check_ranges, to_dict, translate_moved, write_run_info
 from unirl_kit.distributed import rank_and_world
 from unirl_kit.eval.geneval.layout import write_prompt_folder
 from unirl_kit.generation.prompts import read_prompt_file
 from unirl_kit.locking import holds_output_locks, lock_output
 from unirl_kit.progress import Progress
-from unirl_kit.registry import registry
 from unirl_kit.types import InputError
 
 # Settings that change what an image is: a resumed run must use the same ones.
-_FINGERPRINT = ("backbone", "model", "backbone_options", "group_size", "seed", "cfg_scale",
-                "temperature", "top_k", "top_p")
+_FINGERPRINT = ("backbone.name", "backbone.model", "backbone.options", "group_size", "seed", "sampling.cfg_scale",
+                "sampling.temperature", "sampling.top_k", "sampling.top_p")
 
 
 @dataclass
 class GenerateConfig:
-    backbone: str = "tiny-shapes"
-    model: str | None = None  # folder or hub id; None: the backbone's own default (if it has one)
-    backbone_options: dict = field(default_factory=dict)  # more constructor options, e.g. chat_template
+    # which model, loaded how (backbone.name, .model, .options, .device, .dtype) and how it samples: the
+    # trainers' shape (backbones/config.py)
+    backbone: BackboneConfig = field(default_factory=inference_backbone)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)  # temperature 0 = greedy
     prompts: str = ""
     out: str = ""
     group_size: int = 4
     batch_size: int = 16  # images per sampler call (cond + uncond rows: twice this many sequences)
-    cfg_scale: float | None = None  # 1 = no guidance; None = the backbone's own (resolve_cfg_scale)
-    temperature: float = 1.0  # 0 = greedy
-    top_k: int | None = None
-    top_p: float | None = None
     seed: int = 0
-    device: str = "auto"  # auto: this rank's GPU if any, else cpu
-    dtype: str = "auto"  # auto: bfloat16 on GPU, float32 on CPU
     progress: bool = True
+    MOVED_KEYS: ClassVar[dict[str, str]] = {**MOVED_BACKBONE_KEYS, **MOVED_SAMPLING_KEYS}  # before issue 19
 
 
 def _check(cfg: GenerateConfig) -> None:
     if not cfg.prompts or not cfg.out:
         raise InputError("generate needs --prompts FILE and --out DIR")
     check_ranges(cfg)
+    check_inference(cfg.backbone, "generate")
+
+
+_ABSENT = object()
+
+
+def _at(tree: dict[str, Any], key: str) -> Any:
+    """The value at a dotted key of a nested mapping, or _ABSENT."""
+    for part in key.split("."):
+        if not isinstance(tree, dict) or part not in tree:
+            return _ABSENT
+        tree = tree[part]
+    return tree
 
 
 def _check_same_run(out: Path, cfg: GenerateConfig) -> None:
-    """Refuse to resume into images made with other settings (they would mix silently)."""
+    """Refuse to resume into images made with other settings (they would mix silently). A config.yaml
+    written before issue 19 (flat `model`, `cfg_scale`, ...) is read in today's shape."""
     import yaml
 
     old_path = out / "config.yaml"
     if not old_path.is_file():
         return
-    old, new = yaml.safe_load(old_path.read_text()) or {}, to_dict(cfg)
+    saved = yaml.safe_load(old_path.read_text()) or {}
+    old, new = translate_moved(GenerateConfig, saved, str(old_path), warn=False), to_dict(cfg)
     for key in _FINGERPRINT:  # None: not resolved yet (checked again once the backbone has resolved it)
-        if key in old and new[key] is not None and old[key] != new[key]:
-            raise InputError(f"{out}: holds images made with {key}={old[key]!r}, not {new[key]!r}; "
+        was, now = _at(old, key), _at(new, key)
+        if was is not _ABSENT and now is not None and was != now:
+            raise InputError(f"{out}: holds images made with {key}={was!r}, not {now!r}; "
                              "use another --out, or delete the folder to start over")
-
-
-def build_backbone(cfg: GenerateConfig) -> Any:
-    """The configured backbone; an unknown name fails first, with close matches, before torch loads."""
-    registry("backbones").get(cfg.backbone)
-    from unirl_kit.backbones.loading import load_backbone
-
-    return load_backbone(cfg.backbone, cfg.model, cfg.device, cfg.dtype, cfg.backbone_options)
 
 
 @holds_output_locks
@@ -81,11 +93,12 @@ def run_generate(cfg: GenerateConfig, backbone: Any = None) -> dict[str, Any]:
     out = Path(cfg.out)
     metas = read_prompt_file(Path(cfg.prompts))
     _check_same_run(out, cfg)
-    backbone = backbone if backbone is not None else build_backbone(cfg)
+    backbone = backbone if backbone is not None else build_backbone(cfg.backbone)
     from unirl_kit.backbones.base import image_seed, resolve_cfg_scale  # torch-heavy: after the cheap checks
 
-    if cfg.cfg_scale is None:
-        cfg = dataclasses.replace(cfg, cfg_scale=resolve_cfg_scale(backbone, None))
+    if cfg.sampling.cfg_scale is None:
+        sampling = dataclasses.replace(cfg.sampling, cfg_scale=resolve_cfg_scale(backbone, None))
+        cfg = dataclasses.replace(cfg, sampling=sampling)
         _check_same_run(out, cfg)
     from unirl_kit.generation.outputs import is_done
     try:
@@ -100,8 +113,9 @@ def run_generate(cfg: GenerateConfig, backbone: Any = None) -> dict[str, Any]:
     todo = [i for i in mine if not is_done(out, i, cfg.group_size)]  # a damaged tokens file fails here
     if rank == 0:  # after the checks of what OUT holds: a refused resume leaves its config.yaml as it was
         write_run_info(out, cfg, "generate")
-    header = {"backbone": cfg.backbone, "model": cfg.model, "cfg_scale": cfg.cfg_scale,
-              "temperature": cfg.temperature, "top_k": cfg.top_k, "top_p": cfg.top_p, "seed": cfg.seed}
+    draw = cfg.sampling  # the per-prompt header keeps its flat keys: readers of older samples folders rely on them
+    header = {"backbone": cfg.backbone.name, "model": cfg.backbone.model, "cfg_scale": draw.cfg_scale,
+              "temperature": draw.temperature, "top_k": draw.top_k, "top_p": draw.top_p, "seed": cfg.seed}
     rows = [(i, k) for i in todo for k in range(cfg.group_size)]
     pending: dict[int, dict[int, tuple]] = {}
     shown = cfg.progress and rank == 0
@@ -115,8 +129,8 @@ def run_generate(cfg: GenerateConfig, backbone: Any = None) -> dict[str, Any]:
             extra = {"on_step": lambda share, s=start, n=len(batch): task.update(s + share * n)} if hook else {}
             result = backbone.generate(
                 [metas[i]["prompt"] for i, _ in batch], group_size=1,
-                seeds=[[image_seed(cfg.seed, i, k)] for i, k in batch], cfg_scale=cfg.cfg_scale,
-                temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p, **extra)
+                seeds=[[image_seed(cfg.seed, i, k)] for i, k in batch], cfg_scale=draw.cfg_scale,
+                temperature=draw.temperature, top_k=draw.top_k, top_p=draw.top_p, **extra)
             for j, (i, k) in enumerate(batch):
                 trajectory = None if result.trajectory is None else result.trajectory[j]
                 pending.setdefault(i, {})[k] = (result.images[j], result.tokens[j], result.logprobs[j],

@@ -6,9 +6,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from unirl_kit.backbones.config import BackboneConfig, SamplingConfig
 from unirl_kit.config import check_ranges, load_config
 from unirl_kit.tracking import DEFAULT_REPORT_TO, as_list, check_report_to
-from unirl_kit.training.config import BackboneConfig, GRPOConfig, SamplingConfig, SFTConfig
+from unirl_kit.training.config import GRPOConfig, SFTConfig
 from unirl_kit.types import GENEVAL_TAGS, InputError
 
 

@@ -11,10 +11,11 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
+from unirl_kit.backbones.config import BackboneConfig
 from unirl_kit.config import check_same_run, load_config, to_dict, write_run_info
 from unirl_kit.jsonl import read_json, write_atomic
 from unirl_kit.locking import holds_output_locks, lock_output
@@ -70,38 +71,43 @@ def model_of(cfg: LoopConfig, out: Path, round_index: int) -> str | None:
 
 def evaluate(cfg: LoopConfig, folder: Path, eval_prompts: Path, model: str | None) -> dict[str, Any]:
     """generate (fixed seeds) -> eval geneval -> score (self-qa) -> eval understanding, each resumable."""
-    from unirl_kit.backbones.loading import load_backbone
+    from unirl_kit.backbones.config import build_backbone
     from unirl_kit.eval.geneval.runner import GenevalConfig, run_geneval
     from unirl_kit.eval.understanding.runner import UnderstandingConfig, run_understanding
     from unirl_kit.generation.run import GenerateConfig, run_generate
     from unirl_kit.scoring.run import ScoreConfig, run_score
 
-    name = cfg.backbone.name  # a trained export loads with the same backbone (`model` is its folder)
-    backbone = load_backbone(name, model, cfg.backbone.device, "auto", cfg.backbone.options)
+    spec = eval_backbone(cfg, model)  # a trained export loads with the same backbone (`model` is its folder)
+    backbone = build_backbone(spec)
     samples = folder / "samples"
-    s = cfg.sampling
-    run_generate(GenerateConfig(backbone=name, model=model, prompts=str(eval_prompts), out=str(samples),
-                                group_size=cfg.eval_group_size, cfg_scale=s.cfg_scale, temperature=s.temperature,
-                                top_k=s.top_k, top_p=s.top_p, seed=cfg.eval_seed, batch_size=cfg.batch_size,
-                                progress=cfg.progress), backbone)
+    run_generate(GenerateConfig(backbone=spec, sampling=replace(cfg.sampling), prompts=str(eval_prompts),
+                                out=str(samples), group_size=cfg.eval_group_size, seed=cfg.eval_seed,
+                                batch_size=cfg.batch_size, progress=cfg.progress), backbone)
     geneval = run_geneval(GenevalConfig(images_dir=str(samples), out=str(folder / "geneval"),
                                         detector=cfg.detector, detector_options=dict(cfg.detector_options),
                                         progress=cfg.progress))
     scores = run_score(ScoreConfig(samples_dir=str(samples), out=str(folder / "scores.jsonl"), rewards=list(cfg.rewards),
-                                   reward_options=cfg.reward_options, backbone=name, model=model,
+                                   reward_options=cfg.reward_options, backbone=replace(spec),
                                    progress=cfg.progress), backbone)
     und = run_understanding(UnderstandingConfig(
         protocols=list(cfg.understanding), out=str(folder / "understanding"), images_dir=str(samples),
         geneval_results=str(folder / "geneval" / "results.jsonl"), per_tag=cfg.understanding_per_tag,
-        backbone=name, model=model, seed=cfg.eval_seed, progress=cfg.progress), backbone)
+        backbone=replace(spec), seed=cfg.eval_seed, progress=cfg.progress), backbone)
     return {"geneval": geneval, "scores": scores, "understanding": und}
+
+
+def eval_backbone(cfg: LoopConfig, model: str | None) -> BackboneConfig:
+    """How the loop loads a round's model to draw and judge images: the loop's backbone at `model`, in the
+    inference dtype (bfloat16 on a GPU), whatever dtype the trainers keep their weights in."""
+    return BackboneConfig(name=cfg.backbone.name, model=model, options=dict(cfg.backbone.options),
+                          device=cfg.backbone.device, dtype="auto")
 
 
 def raft(cfg: LoopConfig, folder: Path, train_prompts: Path, model: str | None, common: list[str]) -> dict[str, Any]:
     """Offline self-RAFT, one round: draw `group_size` images per training prompt with the round's model,
     judge them with the SFT config's rewards, distill the best `keep_top` of each (SFT `mode: distill`).
     A reward with `judge: reference` judges with the loop's starting weights in every round."""
-    from unirl_kit.backbones.loading import load_backbone
+    from unirl_kit.backbones.config import build_backbone
     from unirl_kit.generation.run import GenerateConfig, run_generate
     from unirl_kit.scoring.run import ScoreConfig, run_score
     from unirl_kit.training.config import SFTConfig
@@ -110,18 +116,16 @@ def raft(cfg: LoopConfig, folder: Path, train_prompts: Path, model: str | None, 
     samples, out = folder / "train_samples", folder / "train"
     sft = load_config(SFTConfig, Path(cfg.sft_config) if cfg.sft_config else None, {},
                       [*common, f"run.out={out}", *cfg.sft_overrides, "mode=distill", f"samples={samples}"])
-    name, s = cfg.backbone.name, sft.sampling
-    backbone = load_backbone(name, model, cfg.backbone.device, "auto", cfg.backbone.options)
-    run_generate(GenerateConfig(backbone=name, model=model, prompts=str(train_prompts), out=str(samples),
-                                group_size=sft.group_size, cfg_scale=s.cfg_scale, temperature=s.temperature,
-                                top_k=s.top_k, top_p=s.top_p, seed=sft.run.seed, batch_size=cfg.batch_size,
-                                progress=cfg.progress), backbone)
+    spec = eval_backbone(cfg, model)
+    backbone = build_backbone(spec)
+    run_generate(GenerateConfig(backbone=spec, sampling=replace(sft.sampling), prompts=str(train_prompts),
+                                out=str(samples), group_size=sft.group_size, seed=sft.run.seed,
+                                batch_size=cfg.batch_size, progress=cfg.progress), backbone)
     frozen = any(isinstance(o, dict) and o.get("judge") == "reference" for o in sft.reward_options.values())
-    judge_model = cfg.backbone.model if frozen else model
-    judge = backbone if judge_model == model else load_backbone(name, judge_model, cfg.backbone.device, "auto",
-                                                                cfg.backbone.options)
+    judge_spec = eval_backbone(cfg, cfg.backbone.model if frozen else model)
+    judge = backbone if judge_spec == spec else build_backbone(judge_spec)
     scores = run_score(ScoreConfig(samples_dir=str(samples), rewards=list(sft.rewards), reward_options=sft.reward_options,
-                                   backbone=name, model=judge_model, progress=cfg.progress), judge)
+                                   backbone=judge_spec, progress=cfg.progress), judge)
     del backbone, judge  # free them before the trainer loads its own copy
     return {"judged": scores, "sft": run_sft(sft, resume=(out / "checkpoints").exists())}
 

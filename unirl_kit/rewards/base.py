@@ -172,8 +172,9 @@ class ComposedReward:
     def names(self) -> list[str]:
         return [name for name, _, _ in self.parts]
 
-    def __call__(self, samples: Sequence[Sample]) -> tuple[list[float], list[dict[str, Any]]]:
-        """(total per sample, per-sample record {'rewards': {name: score}, 'details': {name: details}})."""
+    def __call__(self, samples: Sequence[Sample]) -> RewardOutput:
+        """The weighted total per sample as `scores`, and as `details` one record per sample,
+        {'rewards': {name: score}, 'details': {name: that reward's details}}: the shape of every reward."""
         totals = [0.0] * len(samples)
         records: list[dict[str, Any]] = [{"rewards": {}, "details": {}} for _ in samples]
         for name, weight, reward in self.parts:
@@ -182,7 +183,7 @@ class ComposedReward:
                 totals[i] += weight * score
                 records[i]["rewards"][name] = score
                 records[i]["details"][name] = detail
-        return totals, records
+        return RewardOutput(totals, records)
 
 
 JUDGES = ("policy", "reference")

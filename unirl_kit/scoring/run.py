@@ -14,8 +14,15 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
+from unirl_kit.backbones.config import (
+    MOVED_BACKBONE_KEYS,
+    BackboneConfig,
+    build_backbone,
+    check_inference,
+    inference_backbone,
+)
 from unirl_kit.config import check_ranges, to_dict, write_run_info
 from unirl_kit.eval.geneval.layout import JOIN_KEY, ImageItem, add_join_key, load_image, scan_images
 from unirl_kit.jsonl import read_json, write_atomic
@@ -39,14 +46,12 @@ class ScoreConfig:
     out: str | None = None  # None: SAMPLES_DIR/scores.jsonl
     rewards: list[str] = field(default_factory=lambda: ["self-qa"])  # NAME or NAME:WEIGHT
     reward_options: dict[str, dict] = field(default_factory=dict)  # reward name -> its constructor options
-    backbone: str = "tiny-shapes"  # built only when a reward needs it (e.g. self-qa: the model that answers)
-    model: str | None = None
-    backbone_options: dict = field(default_factory=dict)
-    device: str = "auto"
-    dtype: str = "auto"
+    # built only when a reward needs it (e.g. self-qa: the model that answers); the trainers' shape
+    backbone: BackboneConfig = field(default_factory=inference_backbone)
     batch_size: int = 32
     rank_timeout_s: float = 3600.0
     progress: bool = True
+    MOVED_KEYS: ClassVar[dict[str, str]] = MOVED_BACKBONE_KEYS  # the flat keys before issue 19
 
 
 def scores_path(cfg: ScoreConfig) -> Path:
@@ -67,6 +72,7 @@ def _check(cfg: ScoreConfig, weights: list[tuple[str, float]]) -> None:
     if not cfg.samples_dir:
         raise InputError("score needs SAMPLES_DIR (a `unirl generate` output or any GenEval-layout folder)")
     check_ranges(cfg)
+    check_inference(cfg.backbone, "score")
     if scores_path(cfg).is_dir():
         raise InputError(f"--out {scores_path(cfg)}: is a folder; give the scores file, e.g. {scores_path(cfg) / SCORES}")
     names = [n for n, _ in weights]
@@ -81,8 +87,8 @@ def _check(cfg: ScoreConfig, weights: list[tuple[str, float]]) -> None:
 def _fingerprint(cfg: ScoreConfig, weights: list[tuple[str, float]], needs_backbone: bool) -> dict[str, Any]:
     """What makes a score what it is (JSON-normalised so a reread header compares equal)."""
     fp: dict[str, Any] = {"rewards": dict(weights), "reward_options": to_dict(cfg.reward_options)}
-    if needs_backbone:
-        fp.update(backbone=cfg.backbone, model=cfg.model, backbone_options=to_dict(cfg.backbone_options))
+    if needs_backbone:  # flat keys, as before issue 19: the .rewards.json of older runs still compares equal
+        fp.update(backbone=cfg.backbone.name, model=cfg.backbone.model, backbone_options=to_dict(cfg.backbone.options))
     return json.loads(json.dumps(fp))
 
 
@@ -101,15 +107,6 @@ def _check_same_rewards(out: Path, fp: dict[str, Any]) -> None:
         if old.get(key) != fp.get(key):
             raise InputError(f"{out}: holds scores made with {key}={old.get(key)!r}, not {fp.get(key)!r}; "
                              "use a new --out (or delete it to start over)")
-
-
-def build_backbone(cfg: ScoreConfig) -> Any:
-    """The backbone a reward answers with, built as `unirl generate` builds it."""
-    from unirl_kit.generation.run import GenerateConfig
-    from unirl_kit.generation.run import build_backbone as build
-
-    return build(GenerateConfig(backbone=cfg.backbone, model=cfg.model, backbone_options=cfg.backbone_options,
-                                device=cfg.device, dtype=cfg.dtype))
 
 
 def with_question(spec: PromptSpec) -> PromptSpec:
@@ -173,8 +170,8 @@ def _rows_for(batch: Sequence[ImageItem], shards: ShardedJsonl[ImageItem], compo
     """The score rows of one batch; a reward's failure says what is kept and how to resume."""
     samples = [make_sample(Path(cfg.samples_dir), it, specs) for it in batch]
     try:
-        totals, records = composed(samples)
-        return [make_row(s, t, r) for s, t, r in zip(samples, totals, records, strict=True)]
+        out = composed(samples)
+        return [make_row(s, t, r) for s, t, r in zip(samples, out.scores, out.details, strict=True)]
     except RewardError as exc:
         raise RewardError(f"{exc} (the {len(shards.store.rows)} images scored before are kept in "
                           f"{shards.store.path}; rerun the same command to resume)") from exc
@@ -192,7 +189,7 @@ def run_score(cfg: ScoreConfig, backbone: Any = None) -> dict[str, Any]:
     fp = _fingerprint(cfg, weights, needs_backbone)
     _check_same_rewards(out, fp)  # every rank, before anything is written or loaded
     if needs_backbone and backbone is None:
-        backbone = build_backbone(cfg)
+        backbone = build_backbone(cfg.backbone)
     composed = build_rewards(cfg.rewards, cfg.reward_options, backbone if needs_backbone else None)
     lock_output(out.parent, prefix=f"{out.stem}.")
     # a damaged file fails before the run info is rewritten

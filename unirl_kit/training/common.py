@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from unirl_kit.backbones.base import Backbone
 from unirl_kit.schedules import warmup_cosine
 from unirl_kit.training.config import BackboneConfig, LoraConfig, OptimConfig, RunConfig
 from unirl_kit.types import InputError
@@ -35,7 +36,7 @@ def init_processes() -> tuple[int, int]:
 class Policy:
     """The backbone being trained, what the optimizer sees, and how to get the reference policy."""
 
-    backbone: Any
+    backbone: Backbone
     params: list[torch.nn.Parameter]
     lora: bool
     reference: Any = None  # a frozen copy of the model (full fine-tuning with beta > 0)

@@ -7,13 +7,24 @@ processes: each rank takes `prompts_per_step / world` whole prompt groups.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal, get_args
 
+from unirl_kit.backbones.config import BackboneConfig, SamplingConfig  # noqa: F401
 from unirl_kit.config import check_ranges
 from unirl_kit.tracking import DEFAULT_REPORT_TO, as_list, check_report_to, with_old_tensorboard_key
 from unirl_kit.types import InputError
 
-LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo")
-TARGETS = ("gen", "und", "joint")
+# The vocabularies of the trainers, each defined once; `check_ranges` refuses any other word, also in a
+# config built in Python, with the dotted key in the message.
+LossType = Literal["grpo", "bnpo", "dr_grpo", "dapo"]
+Target = Literal["gen", "und", "joint"]  # which head GRPO trains
+RewardScale = Literal["group", "batch", "none"]  # the std an advantage is divided by
+LogProb = Literal["guided", "conditional"]  # the distribution an image's log-prob is taken under
+Schedule = Literal["constant", "warmup_cosine"]
+SFTMode = Literal["und", "e2e", "gen-rs", "distill", "dpo"]
+LOSS_TYPES: tuple[str, ...] = get_args(LossType)
+REWARD_SCALES: tuple[str, ...] = get_args(RewardScale)
+SFT_MODES: tuple[str, ...] = get_args(SFTMode)
 
 
 @dataclass
@@ -22,7 +33,7 @@ class OptimConfig:
     weight_decay: float = 0.0
     beta1: float = 0.9
     beta2: float = 0.999
-    schedule: str = "constant"  # constant | warmup_cosine
+    schedule: Schedule = "constant"
     warmup_steps: int = 0
     min_lr_ratio: float = 0.1  # warmup_cosine decays to lr * this
     grad_clip: float = 1.0
@@ -36,28 +47,6 @@ class LoraConfig:
     alpha: int = 32
     dropout: float = 0.0
     target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
-
-
-@dataclass
-class SamplingConfig:
-    cfg_scale: float | None = None  # 1 = no guidance; None = the backbone's own (resolve_cfg_scale)
-    temperature: float = 1.0
-    top_k: int | None = None
-    top_p: float | None = None
-
-
-@dataclass
-class BackboneConfig:
-    name: str = "tiny-shapes"
-    model: str | None = None
-    options: dict = field(default_factory=dict)
-    device: str = "auto"
-    dtype: str = "float32"  # the trained weights' dtype; bf16 autocast on GPU is `bf16`
-    bf16: str = "auto"  # autocast: auto = on for CUDA, off on CPU
-    gradient_checkpointing: bool = False
-    # Shard weights, gradients and AdamW state over the processes (FSDP2) instead of one full replica
-    # per rank; needs >= 2 processes and full fine-tuning (see check_fsdp and training/fsdp.py)
-    fsdp: bool = False
 
 
 @dataclass
@@ -90,13 +79,13 @@ class GRPOConfig:
     epsilon: float = 0.2
     epsilon_high: float | None = None
     beta: float = 0.0  # k3 KL weight; 0 keeps no reference model
-    loss_type: str = "grpo"
-    scale_rewards: str = "group"  # group | batch | none
+    loss_type: LossType = "grpo"
+    scale_rewards: RewardScale = "group"
     negative_weight: float = 1.0  # multiplies negative advantages (< 1 trusts a noisy judge's "worse" less)
     dynamic_sampling: bool = False  # DAPO: replace groups whose rewards all tie by newly drawn ones
     max_redraws: int = 4  # dynamic sampling: at most this many extra draws of prompts_per_step per step
-    target: str = "gen"  # gen | und | joint
-    logprob: str = "guided"  # gen log-probs: guided (the CFG mix sampled from) | conditional (cond. branch only)
+    target: Target = "gen"
+    logprob: LogProb = "guided"  # guided: the CFG mix sampled from; conditional: the cond. branch only
     gen_weight: float = 1.0
     und_weight: float = 1.0
     rewards: list[str] = field(default_factory=lambda: ["self-qa"])
@@ -118,19 +107,10 @@ def check_grpo(cfg: GRPOConfig, world: int = 1) -> None:
     if cfg.prompts_per_step % world:
         raise InputError(f"prompts_per_step ({cfg.prompts_per_step}) must divide by the {world} processes so "
                          "that every rank holds whole groups")
-    if cfg.loss_type not in LOSS_TYPES:
-        raise InputError(f"loss_type: {cfg.loss_type!r} is not one of {', '.join(LOSS_TYPES)}")
-    if cfg.target not in TARGETS:
-        raise InputError(f"target: {cfg.target!r} is not one of {', '.join(TARGETS)}")
-    if cfg.logprob not in ("guided", "conditional"):
-        raise InputError(f"logprob: {cfg.logprob!r} is not one of guided, conditional")
-    if cfg.scale_rewards not in ("group", "batch", "none"):
-        raise InputError(f"scale_rewards: {cfg.scale_rewards!r} is not one of group, batch, none")
     if cfg.dynamic_sampling and cfg.target != "gen":
         raise InputError(f"dynamic_sampling: drops groups whose image rewards tie, so it needs target gen, "
                          f"got {cfg.target}")
     check_fsdp(cfg.backbone, cfg.lora, world)
-    check_optim(cfg.optim)
     check_report_to(cfg.run.report_to, "run.report_to")
 
 
@@ -145,15 +125,6 @@ def check_fsdp(backbone: BackboneConfig, lora: LoraConfig, world: int) -> None:
     if lora.enabled:
         raise InputError("backbone.fsdp: not supported with lora.enabled (LoRA trains a small adapter; run it "
                          "without FSDP)")
-
-
-def check_optim(optim: OptimConfig) -> None:
-    """What the trainers share beyond RANGES (checked by check_ranges)."""
-    if optim.schedule not in ("constant", "warmup_cosine"):
-        raise InputError(f"optim.schedule: {optim.schedule!r} is not one of constant, warmup_cosine")
-
-
-SFT_MODES = ("und", "e2e", "gen-rs", "distill", "dpo")
 
 
 @dataclass
@@ -172,14 +143,14 @@ class SFTConfig:
 
     prompts: str = ""  # not read by distill (its prompts are the samples folder's)
     samples: str = ""  # distill / dpo: a samples folder with scores.jsonl
-    mode: str = "und"  # und | e2e | gen-rs | distill | dpo
+    mode: SFTMode = "und"
     prompts_per_step: int = 4
     group_size: int = 4  # images per prompt; the global batch is prompts_per_step x group_size
     threshold: float | None = None  # gen-rs: keep images with reward >= threshold
     keep_top: int = 0  # gen-rs: keep the top k of each group by reward (self-RAFT / best-of-N); 0: off
     # gen-rs: the NLL of kept images under the distribution they were sampled from (guided: the CFG mix, so
     # sampling with guidance afterwards does not extrapolate twice) or the conditional branch alone
-    logprob: str = "guided"
+    logprob: LogProb = "guided"
     rewards: list[str] = field(default_factory=lambda: ["self-qa"])  # gen-rs only
     reward_options: dict = field(default_factory=dict)
     gumbel_tau: float = 1.0  # e2e: Gumbel-softmax temperature
@@ -200,8 +171,6 @@ class SFTConfig:
 def check_sft(cfg: SFTConfig, world: int = 1) -> None:
     """Every invalid setting fails here, before a model is loaded or an image drawn."""
     check_ranges(cfg)
-    if cfg.mode not in SFT_MODES:
-        raise InputError(f"mode: {cfg.mode!r} is not one of {', '.join(SFT_MODES)}")
     if cfg.mode in ("distill", "dpo") and not cfg.samples:
         raise InputError(f"samples: mode {cfg.mode} trains on a judged samples folder (`unirl generate` then "
                          "`unirl score`); give samples=DIR")
@@ -219,8 +188,6 @@ def check_sft(cfg: SFTConfig, world: int = 1) -> None:
     if cfg.mode == "gen-rs" and cfg.keep_top and cfg.keep_top >= cfg.group_size:
         raise InputError(f"keep_top: keeps the best k of each group of {cfg.group_size}, so 0 (off) <= k < "
                          f"group_size, got {cfg.keep_top}")
-    if cfg.logprob not in ("guided", "conditional"):
-        raise InputError(f"logprob: {cfg.logprob!r} is not one of guided, conditional")
     if cfg.mode == "gen-rs" and cfg.threshold is None and not cfg.keep_top:
         raise InputError("mode gen-rs keeps images by threshold (reward >= threshold) and/or keep_top (the best k "
                          "of each group); give one (threshold=1.0 or keep_top=1)")
@@ -230,10 +197,10 @@ def check_sft(cfg: SFTConfig, world: int = 1) -> None:
     if cfg.mode == "gen-rs" and not cfg.rewards:
         raise InputError("rewards: mode gen-rs needs at least one reward to filter images by")
     if cfg.mode == "e2e":
+        from unirl_kit.backbones.base import DifferentiableImages
         from unirl_kit.registry import registry
 
-        cls = registry("backbones").get(cfg.backbone.name)
-        if not all(hasattr(cls, m) for m in ("generation_logits", "decode_soft", "answer_logprobs_from_pixels")):
+        if not issubclass(registry("backbones").get(cfg.backbone.name), DifferentiableImages):
             raise InputError(f"mode: e2e needs a differentiable image path (generation_logits, decode_soft, "
                              f"answer_logprobs_from_pixels), which backbone {cfg.backbone.name!r} lacks; use mode=und")
     if cfg.mode != "e2e" and (cfg.und_weight != 1.0 or cfg.gen_weight != 0.0):
@@ -245,5 +212,4 @@ def check_sft(cfg: SFTConfig, world: int = 1) -> None:
     if cfg.mode == "e2e" and cfg.und_weight == 0 and cfg.gen_weight == 0:
         raise InputError("e2e: und_weight and gen_weight are both 0; nothing to train")
     check_fsdp(cfg.backbone, cfg.lora, world)
-    check_optim(cfg.optim)
     check_report_to(cfg.run.report_to, "run.report_to")

@@ -91,7 +91,8 @@ def score_groups(policy: Policy, reward, specs: list[PromptSpec], offset: int, b
         policy.model.eval()
         try:
             with torch.no_grad(), policy.gathered(), policy.autocast():
-                totals, rollout.records = reward(samples)
+                out = reward(samples)
+                totals, rollout.records = out.scores, out.details
         finally:
             policy.model.train(was_training)
         rollout.rewards = torch.tensor(totals, dtype=torch.float32)

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import torch
 
-SCALES = ("group", "batch", "none")
-LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo")
+from unirl_kit.training.config import LOSS_TYPES, REWARD_SCALES
 
 
 def group_advantages(
@@ -32,8 +31,8 @@ def group_advantages(
             f"{n} rewards cannot be split into groups of {group_size}: "
             "N must be a positive multiple of group_size (rows ordered group-major)"
         )
-    if scale not in SCALES:
-        raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
+    if scale not in REWARD_SCALES:
+        raise ValueError(f"scale must be one of {REWARD_SCALES}, got {scale!r}")
     r = rewards if rewards.is_floating_point() else rewards.float()
     bad = (~torch.isfinite(r)).nonzero()
     if bad.numel():

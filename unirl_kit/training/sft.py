@@ -98,7 +98,8 @@ def select_targets(policy: Policy, reward, specs: list[PromptSpec], offset: int,
     policy.model.eval()
     try:
         with torch.no_grad(), policy.gathered(), policy.autocast():
-            totals, data.records = reward(samples)
+            out = reward(samples)
+            totals, data.records = out.scores, out.details
     finally:
         policy.model.train(was_training)
     data.rewards = torch.tensor(totals, dtype=torch.float32)

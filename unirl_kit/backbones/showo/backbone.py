@@ -82,9 +82,9 @@ class ShowoBackbone:
         tok_dir = Path(tokenizer) if tokenizer else root
         if not any((tok_dir / f).is_file() for f in _TOKENIZER_FILES):
             raise InputError(f"tokenizer {tok_dir}: no tokenizer files ({', '.join(_TOKENIZER_FILES)}); pass "
-                             "backbone_options.tokenizer=PATH (a local microsoft/phi-1_5 folder)")
+                             "backbone.options.tokenizer=PATH (a local microsoft/phi-1_5 folder)")
         if not vq_dir.is_dir():
-            raise InputError(f"vq_model {vq_dir}: no such folder; pass backbone_options.vq_model=PATH "
+            raise InputError(f"vq_model {vq_dir}: no such folder; pass backbone.options.vq_model=PATH "
                              "(a local showlab/magvitv2 folder)")
         dev = resolve_device(device)
         dt = resolve_dtype(dtype, dev)

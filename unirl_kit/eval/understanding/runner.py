@@ -14,8 +14,15 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
+from unirl_kit.backbones.config import (
+    MOVED_BACKBONE_KEYS,
+    BackboneConfig,
+    build_backbone,
+    check_inference,
+    inference_backbone,
+)
 from unirl_kit.config import check_ranges, to_dict, write_run_info
 from unirl_kit.eval.understanding.common import results_path
 from unirl_kit.eval.understanding.protocols import Context, plan
@@ -49,15 +56,13 @@ class UnderstandingConfig:
     world: str = "shapes"
     pope: PopeOptions = field(default_factory=PopeOptions)
     imbalance: ImbalanceOptions = field(default_factory=ImbalanceOptions)
-    backbone: str = "tiny-shapes"
-    model: str | None = None  # None: the backbone's own default (tiny-shapes: the shipped weights)
-    backbone_options: dict = field(default_factory=dict)
-    device: str = "auto"
-    dtype: str = "auto"
+    # the model that answers (backbone.model None: its own default, tiny-shapes: the shipped weights)
+    backbone: BackboneConfig = field(default_factory=inference_backbone)
     batch_size: int = 32
     max_new_tokens: int = 32
     seed: int = 0
     progress: bool = True
+    MOVED_KEYS: ClassVar[dict[str, str]] = MOVED_BACKBONE_KEYS  # the flat keys before issue 19
 
 
 def _digest(path: str | Path) -> str:
@@ -66,11 +71,11 @@ def _digest(path: str | Path) -> str:
 
 def model_stamp(cfg: UnderstandingConfig, backbone: Any = None) -> str | None:
     """Size and the last MiB of each weights file: retrained weights at the same path are not the same model."""
-    source = cfg.model or getattr(backbone, "source", None)
+    source = cfg.backbone.model or getattr(backbone, "source", None)
     if source is None and backbone is None:
         from unirl_kit.registry import registry
 
-        source = getattr(registry("backbones").get(cfg.backbone), "DEFAULT_MODEL", None)
+        source = getattr(registry("backbones").get(cfg.backbone.name), "DEFAULT_MODEL", None)
     if source is None or not Path(source).is_dir():
         return None
     h = hashlib.sha256()
@@ -84,8 +89,10 @@ def model_stamp(cfg: UnderstandingConfig, backbone: Any = None) -> str | None:
 
 def fingerprint(cfg: UnderstandingConfig, name: str, stamp: str | None) -> dict[str, Any]:
     """What decides a protocol's numbers (device and batch size do not)."""
-    d = to_dict(cfg)
-    fp: dict[str, Any] = {k: d[k] for k in ("backbone", "model", "backbone_options", "dtype", "max_new_tokens")}
+    d, b = to_dict(cfg), to_dict(cfg.backbone)
+    # flat keys, as before issue 19: protocol files of older runs still match
+    fp: dict[str, Any] = {"backbone": b["name"], "model": b["model"], "backbone_options": b["options"],
+                          "dtype": b["dtype"], "max_new_tokens": cfg.max_new_tokens}
     fp["model_stamp"] = stamp
     generated = name in ("geneval_correct", "imbalance") or (name == "pope" and cfg.pope.source == "generated")
     if generated:
@@ -127,16 +134,7 @@ def _check(cfg: UnderstandingConfig) -> None:
     if not cfg.out:
         raise InputError("eval understanding needs --out DIR")
     check_ranges(cfg)
-
-
-def build_backbone(cfg: UnderstandingConfig) -> Any:
-    """The configured backbone; an unknown name fails before torch loads."""
-    from unirl_kit.registry import registry
-
-    registry("backbones").get(cfg.backbone)
-    from unirl_kit.backbones.loading import load_backbone
-
-    return load_backbone(cfg.backbone, cfg.model, cfg.device, cfg.dtype, cfg.backbone_options)
+    check_inference(cfg.backbone, "eval understanding")
 
 
 @holds_output_locks
@@ -151,7 +149,7 @@ def run_understanding(cfg: UnderstandingConfig, backbone: Any = None) -> dict[st
     lock_output(out)
     todo = [name for name in tasks if results[name] is None]
     if todo and backbone is None:
-        backbone = build_backbone(cfg)
+        backbone = build_backbone(cfg.backbone)
     with Progress("eval.understanding", cfg.progress) as progress:
         ctx = Context(cfg.batch_size, cfg.max_new_tokens,
                       lambda label, total: progress.task(label, total, "answers").advance)
@@ -168,7 +166,7 @@ def run_understanding(cfg: UnderstandingConfig, backbone: Any = None) -> dict[st
     # Written with the summary it describes, not before: resuming goes by each protocol's fingerprint,
     # and a run that fails (a bad VQA image, a bad model) leaves the folder's config.yaml as it was.
     write_run_info(out, cfg, "eval understanding")
-    summary = {"backbone": cfg.backbone, "model": cfg.model, "protocols": {n: results[n]["metrics"] for n in tasks},
+    summary = {"backbone": cfg.backbone.name, "model": cfg.backbone.model, "protocols": {n: results[n]["metrics"] for n in tasks},
                "seconds": {n: results[n].get("seconds") for n in tasks}}
     write_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     write_atomic(out / "summary.md", to_markdown(summary))
