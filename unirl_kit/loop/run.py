@@ -103,7 +103,7 @@ def eval_backbone(cfg: LoopConfig, model: str | None) -> BackboneConfig:
                           device=cfg.backbone.device, dtype="auto")
 
 
-def raft(cfg: LoopConfig, folder: Path, train_prompts: Path, model: str | None, common: list[str]) -> dict[str, Any]:
+def raft(cfg: LoopConfig, folder: Path, train_prompts: Path, model: str | None, common: dict[str, Any]) -> dict[str, Any]:
     """Offline self-RAFT, one round: draw `group_size` images per training prompt with the round's model,
     judge them with the SFT config's rewards, distill the best `keep_top` of each (SFT `mode: distill`).
     A reward with `judge: reference` judges with the loop's starting weights in every round."""
@@ -114,8 +114,8 @@ def raft(cfg: LoopConfig, folder: Path, train_prompts: Path, model: str | None, 
     from unirl_kit.training.sft_run import run_sft
 
     samples, out = folder / "train_samples", folder / "train"
-    sft = load_config(SFTConfig, Path(cfg.sft_config) if cfg.sft_config else None, {},
-                      [*common, f"run.out={out}", *cfg.sft_overrides, "mode=distill", f"samples={samples}"])
+    sft = load_config(SFTConfig, Path(cfg.sft_config) if cfg.sft_config else None, {**common, "run.out": str(out)},
+                      [*cfg.sft_overrides, "mode=distill", f"samples={samples}"])
     spec = eval_backbone(cfg, model)
     backbone = build_backbone(spec)
     run_generate(GenerateConfig(backbone=spec, sampling=replace(sft.sampling), prompts=str(train_prompts),
@@ -134,15 +134,14 @@ def train(cfg: LoopConfig, folder: Path, train_prompts: Path, model: str | None,
     """One round of training from `model`; GRPO, SFT, SFT then GRPO (`train: both`), or offline self-RAFT."""
     from unirl_kit.training.config import GRPOConfig, SFTConfig
 
-    name = cfg.backbone.name
-    seed = cfg.seed + round_index
-    common = [f"backbone.name={name}", f"backbone.device={cfg.backbone.device}", f"run.seed={seed}",
-              f"prompts={train_prompts}", f"run.progress={str(cfg.progress).lower()}",
-              f"run.report_to=[{','.join(cfg.report_to)}]"]
-    if model is not None:
-        common.append(f"backbone.model={model}")
-    if cfg.backbone.options:  # e.g. Show-o's timesteps / vq_model / tokenizer: the trainers load it the same way
-        common.append(f"backbone.options={json.dumps(dict(cfg.backbone.options))}")
+    # typed values as the trainer config's options layer: above its file, below the user's *_overrides;
+    # None (no model: the backbone's own default) leaves the file's value
+    common: dict[str, Any] = {
+        "backbone.name": cfg.backbone.name, "backbone.device": cfg.backbone.device, "backbone.model": model,
+        # e.g. Show-o's timesteps / vq_model / tokenizer: the trainers load it the same way
+        "backbone.options": dict(cfg.backbone.options) or None,
+        "run.seed": cfg.seed + round_index, "prompts": str(train_prompts), "run.progress": cfg.progress,
+        "run.report_to": list(cfg.report_to)}
     if cfg.train == "raft":
         return raft(cfg, folder, train_prompts, model, common)
     summary: dict[str, Any] = {}
@@ -151,18 +150,16 @@ def train(cfg: LoopConfig, folder: Path, train_prompts: Path, model: str | None,
         from unirl_kit.training.sft_run import run_sft
 
         out = folder / ("train" if cfg.train == "sft" else "train_sft")
-        sft = load_config(SFTConfig, Path(cfg.sft_config) if cfg.sft_config else None, {},
-                          [*common, f"run.out={out}", *cfg.sft_overrides])
+        sft = load_config(SFTConfig, Path(cfg.sft_config) if cfg.sft_config else None,
+                          {**common, "run.out": str(out)}, cfg.sft_overrides)
         summary["sft"] = run_sft(sft, resume=(out / "checkpoints").exists())
         start = str(out / "final")
     if cfg.train in ("grpo", "both"):
         from unirl_kit.training.grpo_run import run_grpo
 
         out = folder / "train"
-        over = [*common, f"run.out={out}", *cfg.grpo_overrides]
-        if start is not None and start != model:
-            over.append(f"backbone.model={start}")
-        grpo = load_config(GRPOConfig, Path(cfg.grpo_config) if cfg.grpo_config else None, {}, over)
+        grpo = load_config(GRPOConfig, Path(cfg.grpo_config) if cfg.grpo_config else None,
+                           {**common, "run.out": str(out), "backbone.model": start}, cfg.grpo_overrides)
         summary["grpo"] = run_grpo(grpo, resume=(out / "checkpoints").exists())
     return summary
 
