@@ -102,11 +102,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             raise InputError(f"{where}: {value!r} is not one of {', '.join(map(str, choices))}")
         return str(value) if isinstance(value, _Raw) else value
     if dataclasses.is_dataclass(tp):
-        if isinstance(value, _Raw):  # `backbone={name: janus, model: DIR}` on the command line
-            try:
-                value = yaml.safe_load(value)
-            except yaml.YAMLError:
-                pass
+        value = _parse_raw(value)  # `backbone={name: janus, model: DIR}` on the command line
         if not isinstance(value, dict):
             raise InputError(f"{where}: expected a mapping of {tp.__name__} fields, got {value!r}")
         return from_dict(tp, value, where)
@@ -378,7 +374,7 @@ def check_ranges(cfg: Any, prefix: str = "", root: type | None = None) -> None:
         else:
             key = f"{prefix}{f.name}"
             check_value(key, value, range_of(type(cfg), f.name, root, key))
-            check_choice(f"{prefix}{f.name}", value, hints.get(f.name))
+            check_choice(key, value, hints.get(f.name))
 
 
 def check_choice(key: str, value: Any, tp: Any) -> None:

@@ -56,8 +56,10 @@ def wait_for_ranks(markers: list[Path], timeout_s: float, what: str) -> None:
             wait_for_files(markers, timeout_s, what)
         return
     try:
-        dist.monitored_barrier(timeout=timedelta(seconds=timeout_s)) if dist.get_backend() == "gloo" \
-            else dist.barrier()
+        if dist.get_backend() == "gloo":  # gloo can name the rank that never arrived
+            dist.monitored_barrier(timeout=timedelta(seconds=timeout_s))
+        else:
+            dist.barrier()
     except RuntimeError as exc:
         raise TimeoutError(f"waited {timeout_s:.0f}s for {what} at a torch.distributed barrier: {exc}; "
                            "did a rank crash? rerun with the same arguments to resume") from exc
