@@ -34,7 +34,7 @@ def _grpo(model: Path, prompts: Path, out: Path, **over):
 
 @pytest.fixture(scope="module")
 def lora_run(small_janus, prompts, tmp_path_factory) -> Path:
-    from unirl_kit.training.grpo_run import run_grpo
+    from unirl_kit.training.grpo import run_grpo
 
     out = tmp_path_factory.mktemp("lora_adapter") / "run"
     run_grpo(_grpo(small_janus, prompts, out))
@@ -153,7 +153,7 @@ def test_an_adapter_on_another_base_is_refused_naming_the_file(lora_run, tmp_pat
 def test_training_from_an_adapter_folder_resumes_exactly(lora_run, prompts, tmp_path):
     """backbone.model = an adapter folder: the run trains on base + adapter, resumes exactly, and its own
     adapter names the first one as its base (a chain, which load_backbone follows)."""
-    from unirl_kit.training.grpo_run import run_grpo
+    from unirl_kit.training.grpo import run_grpo
 
     start = lora_run / "adapter"
     run_grpo(_grpo(start, prompts, tmp_path / "straight"))
@@ -170,7 +170,7 @@ def test_training_from_an_adapter_folder_resumes_exactly(lora_run, prompts, tmp_
 def test_every_final_has_a_model_card(lora_run, small_janus, prompts, tmp_path):
     import yaml
 
-    from unirl_kit.training.grpo_run import run_grpo
+    from unirl_kit.training.grpo import run_grpo
 
     meta = _front_matter(lora_run / "final" / "README.md")
     assert meta["library_name"] == "transformers" and "base_model" not in meta  # a local base has no hub id
@@ -188,7 +188,7 @@ def test_every_final_has_a_model_card(lora_run, small_janus, prompts, tmp_path):
 def test_an_sft_final_has_a_card_too(small_janus, prompts, tmp_path):
     from unirl_kit.config import load_config
     from unirl_kit.training.config import SFTConfig
-    from unirl_kit.training.sft_run import run_sft
+    from unirl_kit.training.sft import run_sft
 
     out = tmp_path / "sft"
     run_sft(load_config(SFTConfig, None, {}, [
@@ -238,7 +238,7 @@ def test_a_show_o_adapter_loads_with_peft_and_as_a_model(prompts, tmp_path):
 
     from unirl_kit.backbones.loading import load_backbone
     from unirl_kit.testing.tiny_showo import save_random_showo
-    from unirl_kit.training.grpo_run import run_grpo
+    from unirl_kit.training.grpo import run_grpo
 
     model, out, opts = save_random_showo(tmp_path / "showo", seed=0), tmp_path / "run", {"timesteps": 4}
     run_grpo(_grpo(model, prompts, out, **{"backbone.name": "showo", "backbone.options": opts, "group_size": 3,

@@ -47,7 +47,7 @@ def test_a_guidance_scale_not_resolved_yet_is_checked_later(tmp_path, prompts):
 
 
 def test_train_resume_with_other_settings_fails_before_the_model_loads(tmp_path, prompts):
-    from unirl_kit.training.grpo_run import run_grpo
+    from unirl_kit.training.grpo import run_grpo
 
     register_test_rewards()
     out = tmp_path / "run"

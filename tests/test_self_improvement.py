@@ -54,7 +54,7 @@ def test_self_raft_raises_what_its_judge_prefers(small_janus, prompts, tmp_path)
     first. With the judge's preference reversed the same recipe lowers it (checked by hand), so this
     fails on a selection or sign slip."""
     from unirl_kit.training.config import SFTConfig
-    from unirl_kit.training.sft_run import run_sft
+    from unirl_kit.training.sft import run_sft
 
     register_test_rewards()
     out = tmp_path / "raft"
@@ -68,7 +68,7 @@ def test_self_raft_raises_what_its_judge_prefers(small_janus, prompts, tmp_path)
 
 def test_dynamic_sampling_replaces_tied_groups(small_janus, prompts, tmp_path):
     from unirl_kit.training.config import GRPOConfig
-    from unirl_kit.training.grpo_run import run_grpo
+    from unirl_kit.training.grpo import run_grpo
 
     register_test_rewards(Constant)
     tied = tmp_path / "tied"
@@ -168,7 +168,7 @@ def test_distill_keeps_each_prompts_best_and_raises_it(small_janus, prompts, tmp
     and training on it raises the judged quantity on fresh seeds."""
     from unirl_kit.training.config import SFTConfig
     from unirl_kit.training.distill_data import distill_rows, load_kept
-    from unirl_kit.training.sft_run import run_sft
+    from unirl_kit.training.sft import run_sft
 
     samples = _judged_samples(small_janus, prompts, tmp_path / "samples")
     scores = [json.loads(line) for line in (samples / "scores.jsonl").read_text().splitlines()]
@@ -189,7 +189,7 @@ def test_distill_keeps_each_prompts_best_and_raises_it(small_janus, prompts, tmp
 
 def test_dpo_loss_is_bradley_terry_on_log_ratios():
     """-log sigmoid(beta * margin) with margin = chosen's log-ratio minus rejected's, rows alternating."""
-    from unirl_kit.training.sft import dpo_loss
+    from unirl_kit.training.sft_math import dpo_loss
 
     policy = torch.tensor([-10.0, -12.0, -5.0, -4.0])
     ref = torch.tensor([-11.0, -11.0, -5.0, -5.0])
@@ -206,7 +206,7 @@ def test_dpo_pairs_best_with_worst_and_raises_the_preferred(small_janus, prompts
     starts at log 2 a pair (policy = reference) and raises the judged quantity on fresh seeds."""
     from unirl_kit.training.config import SFTConfig
     from unirl_kit.training.distill_data import distill_rows, load_pairs
-    from unirl_kit.training.sft_run import run_sft
+    from unirl_kit.training.sft import run_sft
 
     samples = _judged_samples(small_janus, prompts, tmp_path / "samples")
     scores = [json.loads(line) for line in (samples / "scores.jsonl").read_text().splitlines()]
@@ -238,7 +238,7 @@ def test_dpo_pairs_best_with_worst_and_raises_the_preferred(small_janus, prompts
 ])
 def test_raft_settings_fail_before_loading(prompts, tmp_path, over, message):
     from unirl_kit.training.config import SFTConfig
-    from unirl_kit.training.sft_run import run_sft
+    from unirl_kit.training.sft import run_sft
     from unirl_kit.types import InputError
 
     with pytest.raises(InputError, match=message):

@@ -14,7 +14,7 @@ from unirl_kit.prompts.generate import (
     sample_prompt,
     share_quotas,
 )
-from unirl_kit.training.sft import keep_rows
+from unirl_kit.training.sft_math import keep_rows
 from unirl_kit.types import GENEVAL_TAGS, InputError
 
 

@@ -137,7 +137,7 @@ def test_grpo_trains_show_o_with_lora_and_exports_a_loadable_folder(showo_dir, t
     from unirl_kit.registry import registry
     from unirl_kit.testing.rewards import BRIGHTNESS, register_test_rewards
     from unirl_kit.training.config import GRPOConfig
-    from unirl_kit.training.grpo_run import run_grpo
+    from unirl_kit.training.grpo import run_grpo
 
     register_test_rewards()  # spread on a random model's noise images, which GenEval-shapes scores 0
     prompts = tmp_path / "prompts.jsonl"

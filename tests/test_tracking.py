@@ -125,7 +125,7 @@ def test_grpo_scalars_reach_tensorboard_and_progress_lines_reach_a_log(small_jan
     pytest.importorskip("tensorboard")
     from unirl_kit import progress
     from unirl_kit.testing.rewards import BRIGHTNESS, register_test_rewards
-    from unirl_kit.training.grpo_run import run_grpo
+    from unirl_kit.training.grpo import run_grpo
 
     register_test_rewards()
     monkeypatch.setattr(progress, "interactive", lambda: False)  # as under nohup / SLURM

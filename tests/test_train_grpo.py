@@ -44,7 +44,7 @@ def _final(out: Path) -> dict[str, torch.Tensor]:
 
 
 def test_resume_continues_exactly(small_janus, prompts, tmp_path):
-    from unirl_kit.training.grpo_run import run_grpo
+    from unirl_kit.training.grpo import run_grpo
 
     _register()
     run_grpo(_cfg(small_janus, prompts, tmp_path / "straight"))
@@ -68,7 +68,7 @@ def test_resume_continues_exactly(small_janus, prompts, tmp_path):
 
 
 def test_fresh_run_refuses_an_out_with_checkpoints(small_janus, prompts, tmp_path):
-    from unirl_kit.training.grpo_run import run_grpo
+    from unirl_kit.training.grpo import run_grpo
 
     _register()
     run_grpo(_cfg(small_janus, prompts, tmp_path / "r", **{"run.steps": 1}))
@@ -87,7 +87,7 @@ def _rank_main(rank: int, world: int, port: int, model: str, prompts: str, out: 
                       MASTER_PORT=str(port), OMP_NUM_THREADS="1")
     torch.set_num_threads(1)
     _register()
-    from unirl_kit.training.grpo_run import run_grpo
+    from unirl_kit.training.grpo import run_grpo
 
     try:
         run_grpo(_cfg(Path(model), Path(prompts), Path(out), **{"run.steps": 2}))
@@ -102,7 +102,7 @@ def test_two_processes_give_the_weights_of_one(small_janus, prompts, tmp_path):
     """Same global batch (2 prompts x 2): rank r takes prompt r; gradients averaged with gloo."""
     import torch.multiprocessing as mp
 
-    from unirl_kit.training.grpo_run import run_grpo
+    from unirl_kit.training.grpo import run_grpo
 
     _register()
     run_grpo(_cfg(small_janus, prompts, tmp_path / "one", **{"run.steps": 2}))
@@ -119,7 +119,7 @@ def test_two_processes_give_the_weights_of_one(small_janus, prompts, tmp_path):
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(small_janus, prompts, tmp_path, monkeypatch):
     import unirl_kit.training.grpo as grpo
-    from unirl_kit.training.grpo_run import run_grpo
+    from unirl_kit.training.grpo import run_grpo
     from unirl_kit.types import TrainingError
 
     _register()
@@ -146,7 +146,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(small_janus, prompts,
 ])
 def test_invalid_settings_fail_before_the_model_loads(prompts, tmp_path, over, message):
     from unirl_kit.registry import UnknownPluginError
-    from unirl_kit.training.grpo_run import run_grpo
+    from unirl_kit.training.grpo import run_grpo
 
     with pytest.raises((InputError, UnknownPluginError), match=message):  # a bad word fails as the config loads
         run_grpo(_cfg(tmp_path / "no-such-model", prompts, tmp_path / "bad", **over))
@@ -163,7 +163,7 @@ def test_lora_with_kl_and_the_und_target(small_janus, prompts, tmp_path):
     """LoRA: only adapters train, the reference is the base with adapters off (KL 0 at step 1), and the
     merged export loads as a plain `janus` backbone. The `und` target trains on sampled answers."""
     from unirl_kit.registry import registry
-    from unirl_kit.training.grpo_run import run_grpo
+    from unirl_kit.training.grpo import run_grpo
 
     _register()
     out = tmp_path / "lora"
@@ -188,7 +188,7 @@ def test_grpo_raises_a_learnable_reward(small_janus, prompts, tmp_path):
     negated, log-probs of the wrong rows, a gradient that never reaches the generation head). Before and
     after are sampled on the same fixed seeds, so only the policy changed."""
     from unirl_kit.backbones.loading import load_backbone
-    from unirl_kit.training.grpo_run import run_grpo
+    from unirl_kit.training.grpo import run_grpo
 
     _register()
     out = tmp_path / "learn"

@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 
 from unirl_kit.config import load_config
 from unirl_kit.training.config import BackboneConfig, LoraConfig, SFTConfig
-from unirl_kit.training.sft_run import run_sft
+from unirl_kit.training.sft import run_sft
 from unirl_kit.types import InputError
 
 
@@ -94,7 +94,7 @@ def test_und_resume_is_exact(model_dir, prompts_file, tmp_path):
 def _policy_and_batch(model_dir, prompts_file, tmp_path, mode):
     from unirl_kit.prompts.schema import read_prompts
     from unirl_kit.training.common import build_policy
-    from unirl_kit.training.grpo import generate_groups, sample_prompts
+    from unirl_kit.training.rollout import generate_groups, sample_prompts
     from unirl_kit.training.sft import select_targets
 
     cfg = _cfg(model_dir, prompts_file, tmp_path / "unused", f"mode={mode}")
@@ -124,7 +124,7 @@ def test_straight_through_forward_is_the_sampled_image(model_dir, prompts_file, 
     """One-hot forward, exact VQ decode, and answer log-probs on pixels equal those on the PIL images."""
     import numpy as np
 
-    from unirl_kit.training.sft import gumbel_noise, relaxed_tokens
+    from unirl_kit.training.sft_math import gumbel_noise, relaxed_tokens
 
     policy, data, _ = _policy_and_batch(model_dir, prompts_file, tmp_path, "e2e")
     b, tokens = policy.backbone, data.batch.tokens
@@ -200,7 +200,7 @@ def test_focus_weights_each_token_by_its_doubt():
     """(1 - p)^focus times log p, summed per row; a token the model is sure of adds (almost) nothing."""
     import math
 
-    from unirl_kit.training.sft import focused
+    from unirl_kit.training.sft_math import focused
 
     logp = torch.log(torch.tensor([[0.5, 0.999], [0.1, 0.9]], dtype=torch.float64)).requires_grad_()
     assert torch.equal(focused(logp, 0.0), logp.sum(-1))

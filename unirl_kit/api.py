@@ -123,7 +123,7 @@ def train_grpo(config: ConfigLike[GRPOConfig] = None, *, resume: bool = False,
     in `run.out`); returns the training summary. E.g.
     `train_grpo("configs/grpo/tiny_shapes.yaml", prompts="p.jsonl", overrides=["run.steps=3"])`."""
     from unirl_kit.training.config import GRPOConfig
-    from unirl_kit.training.grpo_run import run_grpo
+    from unirl_kit.training.grpo import run_grpo
 
     return run_grpo(resolve_config(GRPOConfig, config, overrides, **kwargs), resume=resume)
 
@@ -132,7 +132,7 @@ def train_sft(config: ConfigLike[SFTConfig] = None, *, resume: bool = False,
               overrides: list[str] | None = None, **kwargs: Any) -> dict[str, Any]:
     """`unirl train sft`: UniRL-SFT in its `mode` (und, e2e, gen-rs, distill, dpo); as `train_grpo`."""
     from unirl_kit.training.config import SFTConfig
-    from unirl_kit.training.sft_run import run_sft
+    from unirl_kit.training.sft import run_sft
 
     return run_sft(resolve_config(SFTConfig, config, overrides, **kwargs), resume=resume)
 

@@ -27,7 +27,7 @@ def grpo(config: Path | None = CONFIG_OPTION, resume: bool = RESUME, overrides: 
 @user_errors
 def _grpo(config, resume, overrides) -> None:
     from unirl_kit.training.config import GRPOConfig
-    from unirl_kit.training.grpo_run import run_grpo
+    from unirl_kit.training.grpo import run_grpo
 
     cfg = resolve(GRPOConfig, config, {}, overrides or [])
     summary = run_grpo(cfg, resume=resume)
@@ -47,7 +47,7 @@ def sft(config: Path | None = CONFIG_OPTION, resume: bool = RESUME, overrides: l
 @user_errors
 def _sft(config, resume, overrides) -> None:
     from unirl_kit.training.config import SFTConfig
-    from unirl_kit.training.sft_run import run_sft
+    from unirl_kit.training.sft import run_sft
 
     cfg = resolve(SFTConfig, config, {}, overrides or [])
     summary = run_sft(cfg, resume=resume)

@@ -111,7 +111,7 @@ def raft(cfg: LoopConfig, folder: Path, train_prompts: Path, model: str | None, 
     from unirl_kit.generation.run import GenerateConfig, run_generate
     from unirl_kit.scoring.run import ScoreConfig, run_score
     from unirl_kit.training.config import SFTConfig
-    from unirl_kit.training.sft_run import run_sft
+    from unirl_kit.training.sft import run_sft
 
     samples, out = folder / "train_samples", folder / "train"
     sft = load_config(SFTConfig, Path(cfg.sft_config) if cfg.sft_config else None, {**common, "run.out": str(out)},
@@ -147,7 +147,7 @@ def train(cfg: LoopConfig, folder: Path, train_prompts: Path, model: str | None,
     summary: dict[str, Any] = {}
     start = model
     if cfg.train in ("sft", "both"):
-        from unirl_kit.training.sft_run import run_sft
+        from unirl_kit.training.sft import run_sft
 
         out = folder / ("train" if cfg.train == "sft" else "train_sft")
         sft = load_config(SFTConfig, Path(cfg.sft_config) if cfg.sft_config else None,
@@ -155,7 +155,7 @@ def train(cfg: LoopConfig, folder: Path, train_prompts: Path, model: str | None,
         summary["sft"] = run_sft(sft, resume=(out / "checkpoints").exists())
         start = str(out / "final")
     if cfg.train in ("grpo", "both"):
-        from unirl_kit.training.grpo_run import run_grpo
+        from unirl_kit.training.grpo import run_grpo
 
         out = folder / "train"
         grpo = load_config(GRPOConfig, Path(cfg.grpo_config) if cfg.grpo_config else None,

@@ -3,6 +3,7 @@ sync and clipping, metrics rows, checkpoints (the final export: export.py; track
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import copy
 import os
@@ -29,7 +30,21 @@ def init_processes() -> tuple[int, int]:
     if not dist.is_initialized():
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         dist.init_process_group(backend=backend)
+        atexit.register(end_processes)  # the group outlives one recipe: the loop trains once per round
     return dist.get_rank(), dist.get_world_size()
+
+
+def end_processes() -> None:
+    """Tear the process group down before the interpreter does. Sharded models' device meshes hold
+    the group; freed in no particular order at exit, a group's worker threads can outlive it and the
+    process aborts ("terminate called without an active exception") after a run that succeeded."""
+    import gc
+
+    import torch.distributed as dist
+
+    gc.collect()
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 @dataclass

@@ -68,7 +68,7 @@ def _kept_image(samples: Path, spec: PromptSpec, tokens: torch.Tensor, index: in
 
 def load_kept(samples: Path, keep_top: int, threshold: float | None) -> list[KeptImage]:
     """The kept images of every prompt folder, in folder then reward order."""
-    from unirl_kit.training.sft import keep_rows
+    from unirl_kit.training.sft_math import keep_rows
 
     samples = Path(samples)
     kept: list[KeptImage] = []

@@ -1,7 +1,8 @@
-"""`unirl train sft`: UniRL's supervised fine-tuning on the model's own images, one function per step:
+"""`unirl train sft`: UniRL's supervised fine-tuning on the model's own images, as one recipe read top
+to bottom like grpo.py (setup, the steps, checkpoint, cleanup: `recipe.py`). The steps:
 
-1. `sample_prompts`  - GRPO's: this step's prompts, drawn by (seed, step), whole groups per rank;
-2. `generate_groups` - GRPO's: `group_size` images per prompt with the current policy, no gradient;
+1. `sample_prompts`  - the shared rollout's (rollout.py): this step's prompts, by (seed, step);
+2. `generate_groups` - the shared rollout's: `group_size` images per prompt with the current policy;
 3. `select_targets`  - what to learn from them: und / e2e every image with its prompt's question and
                        ground-truth answer; gen-rs the images whose reward reaches `threshold` and/or
                        the `keep_top` best of each group (self-RAFT: best-of-N by the judge, distilled);
@@ -41,14 +42,15 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from unirl_kit.backbones.base import GenerationBatch, image_seed
+from unirl_kit.locking import holds_output_locks
 from unirl_kit.prompts.qa import question_and_truth
-from unirl_kit.rewards.base import Sample
+from unirl_kit.training import recipe
 from unirl_kit.training.common import (
     Policy,
     answer_token_count,
@@ -58,9 +60,70 @@ from unirl_kit.training.common import (
     optimizer_step,
     reward_columns,
 )
-from unirl_kit.training.config import SFTConfig
-from unirl_kit.training.grpo import generate_groups, sample_prompts
+from unirl_kit.training.config import SFTConfig, check_sft
+from unirl_kit.training.rollout import generate_groups, judge, sample_prompts, samples_of
+from unirl_kit.training.sft_math import dpo_loss, focused, gumbel_noise, keep_rows, relaxed_tokens
 from unirl_kit.types import PromptSpec, TrainingError
+
+
+@holds_output_locks
+def run_sft(cfg: SFTConfig, resume: bool = False) -> dict[str, Any]:
+    """Train `run.steps` steps (continuing from the last checkpoint with resume); returns a summary. A
+    resume refuses checkpoints written by another recipe or another SFT mode."""
+    run = recipe.setup(cfg, resume, check=check_sft, stamp={"config": "train sft", "mode": cfg.mode},
+                       wants_rewards=cfg.mode == "gen-rs",  # distill's images were judged by `unirl score`
+                       keep_reference=cfg.mode == "dpo", load_pool=OFFLINE_DATA.get(cfg.mode))
+    try:
+        row: dict[str, Any] = {}
+        for step in run.steps:
+            row = train_step(run.policy, run.optimizer, run.reward, run.pool, step, cfg, run.rank, run.world)
+            recipe.log_step(run, step, row)
+            if run.checkpoint_due(step):
+                recipe.save_checkpoint(run, step + 1)
+        return recipe.finish(run, row)
+    finally:
+        recipe.cleanup(run)
+
+
+def _kept_images(cfg: SFTConfig) -> list:
+    """Offline self-RAFT's data: the judge's best images of the samples folder."""
+    from unirl_kit.training.distill_data import load_kept
+
+    return load_kept(Path(cfg.samples), cfg.keep_top, cfg.threshold)
+
+
+def _pairs(cfg: SFTConfig) -> list:
+    """DPO's data: each prompt's best and worst image by the judge."""
+    from unirl_kit.training.distill_data import load_pairs
+
+    return load_pairs(Path(cfg.samples))
+
+
+OFFLINE_DATA = {"distill": _kept_images, "dpo": _pairs}  # the modes that train on a judged samples folder
+
+
+def train_step(policy: Policy, optimizer, reward, pool: list, step: int, cfg: SFTConfig,
+               rank: int, world: int) -> dict[str, Any]:
+    """Steps 1-4 for one training step (distill, dpo: their batch, then step 4); returns its metrics row."""
+    times = {}
+    t0 = time.perf_counter()
+    if cfg.mode in OFFLINE_DATA:  # the pool is their kept images (pairs)
+        data = distill_batch(pool, step, cfg, rank, world)
+        times["select"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        update = sft_update(policy, optimizer, data, step, cfg, world)
+        times["update"] = time.perf_counter() - t0
+        return step_metrics(step, data, update, times, [], cfg, world)
+    specs, offset = sample_prompts(pool, step, cfg, rank, world)
+    batch = generate_groups(policy, specs, offset, step, cfg)
+    times["generate"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    data = select_targets(policy, reward, specs, offset, batch, cfg)
+    times["score"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    update = sft_update(policy, optimizer, data, step, cfg, world)
+    times["update"] = time.perf_counter() - t0
+    return step_metrics(step, data, update, times, getattr(reward, "names", []), cfg, world)
 
 
 @dataclasses.dataclass
@@ -92,56 +155,16 @@ def select_targets(policy: Policy, reward, specs: list[PromptSpec], offset: int,
         qa = [question_and_truth(specs[i // k]) for i in range(len(batch))]
         data.questions, data.answers = [q for q, _ in qa], [a for _, a in qa]
         return data
-    samples = [Sample(specs[i // k], batch.images[i], batch.tokens[i], offset + i // k, i % k)
-               for i in range(len(batch))]
-    was_training = policy.model.training
-    policy.model.eval()
-    try:
-        with torch.no_grad(), policy.gathered(), policy.autocast():
-            out = reward(samples)
-            totals, data.records = out.scores, out.details
-    finally:
-        policy.model.train(was_training)
+    out = judge(policy, reward, samples_of(specs, offset, batch, k))
+    totals, data.records = out.scores, out.details
     data.rewards = torch.tensor(totals, dtype=torch.float32)
     data.keep = keep_rows(totals, k, cfg.threshold, cfg.keep_top)
     return data
 
 
-def keep_rows(rewards: list[float], group_size: int, threshold: float | None, keep_top: int) -> list[int]:
-    """Rows at or above `threshold`; with `keep_top`, of those only the k best of each group, and none of a
-    group whose rewards all tie (the judge prefers none of its images). Ties inside the top k go to the
-    earlier image, so the choice is deterministic."""
-    ok = [threshold is None or r >= threshold for r in rewards]
-    if not keep_top:
-        return [i for i, good in enumerate(ok) if good]
-    keep: list[int] = []
-    for start in range(0, len(rewards), group_size):
-        group = list(range(start, min(start + group_size, len(rewards))))
-        values = [rewards[i] for i in group]
-        if max(values) == min(values):
-            continue
-        best = sorted(group, key=lambda i: (-rewards[i], i))[:keep_top]
-        keep += sorted(i for i in best if ok[i])
-    return keep
-
-
-def gumbel_noise(shape: tuple[int, ...], seed: int) -> torch.Tensor:
-    """Standard Gumbel noise from its own CPU generator: the same on every device and batch layout."""
-    gen = torch.Generator().manual_seed(seed)
-    u = torch.rand(shape, generator=gen, dtype=torch.float64).clamp(1e-12, 1 - 1e-12)
-    return (-torch.log(-torch.log(u))).float()
-
-
 def _noise_seed(data: SFTBatch, row: int, step: int, cfg: SFTConfig) -> int:
     base = image_seed(cfg.run.seed, step, 1 << 22)
     return image_seed(base, data.offset + row // data.group_size, row % data.group_size)
-
-
-def relaxed_tokens(logits: torch.Tensor, tokens: torch.Tensor, noise: torch.Tensor, tau: float) -> torch.Tensor:
-    """Straight-through Gumbel-softmax: one-hot of `tokens` forward, d softmax((logits + noise) / tau) backward."""
-    soft = torch.softmax((logits.float() + noise) / tau, dim=-1)
-    hard = F.one_hot(tokens, logits.shape[-1]).to(soft.dtype)
-    return hard + (soft - soft.detach())  # bracketed: (hard + soft) - soft is not exactly hard in floats
 
 
 def micro_terms(policy: Policy, data: SFTBatch, rows: list[int], step: int, cfg: SFTConfig
@@ -168,13 +191,6 @@ def micro_terms(policy: Policy, data: SFTBatch, rows: list[int], step: int, cfg:
     return out
 
 
-def dpo_loss(policy_logp: torch.Tensor, ref_logp: torch.Tensor, beta: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed -log sigmoid(beta * margin) over pairs, and the margins; rows alternate chosen, rejected."""
-    ratio = policy_logp.float() - ref_logp.float()
-    margin = ratio[0::2] - ratio[1::2]
-    return -F.logsigmoid(beta * margin).sum(), margin.detach()
-
-
 def image_logp(policy: Policy, data: SFTBatch, rows: list[int], cfg: SFTConfig, per_token: bool = False
                ) -> torch.Tensor:
     """[len(rows)] log-probs of the rows' image tokens, summed (or [len(rows), tokens] with `per_token`),
@@ -185,13 +201,6 @@ def image_logp(policy: Policy, data: SFTBatch, rows: list[int], cfg: SFTConfig, 
     logp = b.image_logprobs([data.prompt(i) for i in rows], data.batch.tokens[rows].to(b.device), cfg_scale=scale,
                             temperature=cfg.sampling.temperature, trajectory=trajectory)
     return logp if per_token else logp.sum(-1)
-
-
-def focused(logp: torch.Tensor, focus: float) -> torch.Tensor:
-    """Per-row sums of token log-probs weighted by (1 - p)^focus (p = exp(logp), detached): focal loss."""
-    if focus == 0:
-        return logp.sum(-1)
-    return ((1 - logp.detach().exp()).clamp_min(0) ** focus * logp).sum(-1)
 
 
 def reference_logp(policy: Policy, data: SFTBatch, chunks: list[list[int]], cfg: SFTConfig) -> torch.Tensor:
@@ -293,27 +302,3 @@ def distill_batch(kept, step: int, cfg: SFTConfig, rank: int, world: int) -> SFT
     data = SFTBatch([r.spec for r in rows], offset, batch, 1, list(range(len(rows))))
     data.rewards = torch.tensor([r.reward for r in rows], dtype=torch.float32)
     return data
-
-
-def train_step(policy: Policy, optimizer, reward, pool: list, step: int, cfg: SFTConfig,
-               rank: int, world: int) -> dict[str, Any]:
-    """Steps 1-4 for one training step (distill: its batch, then step 4); returns its metrics row."""
-    times = {}
-    t0 = time.perf_counter()
-    if cfg.mode in ("distill", "dpo"):  # the job hands them their kept images (pairs) as the pool
-        data = distill_batch(pool, step, cfg, rank, world)
-        times["select"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        update = sft_update(policy, optimizer, data, step, cfg, world)
-        times["update"] = time.perf_counter() - t0
-        return step_metrics(step, data, update, times, [], cfg, world)
-    specs, offset = sample_prompts(pool, step, cfg, rank, world)  # type: ignore[arg-type]  # same field names
-    batch = generate_groups(policy, specs, offset, step, cfg)  # type: ignore[arg-type]
-    times["generate"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    data = select_targets(policy, reward, specs, offset, batch, cfg)
-    times["score"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    update = sft_update(policy, optimizer, data, step, cfg, world)
-    times["update"] = time.perf_counter() - t0
-    return step_metrics(step, data, update, times, getattr(reward, "names", []), cfg, world)
