@@ -76,11 +76,11 @@ def _cfg(recipe: str, model: Path, prompt_file: Path, out: Path, over: dict):
 def _train(recipe: str, cfg, resume: bool = False) -> None:
     _register()
     if recipe == "grpo":
-        from unirl_kit.training.grpo_run import run_grpo
+        from unirl_kit.training.grpo import run_grpo
 
         run_grpo(cfg, resume=resume)
     else:
-        from unirl_kit.training.sft_run import run_sft
+        from unirl_kit.training.sft import run_sft
 
         run_sft(cfg, resume=resume)
 
@@ -100,10 +100,9 @@ def _rank_main(rank: int, world: int, port: int, jobs: list[tuple]) -> None:
         for recipe, model, prompt_file, out, over, resume in jobs:
             _train(recipe, _cfg(recipe, Path(model), Path(prompt_file), Path(out), over), resume)
     finally:
-        import torch.distributed as dist
+        from unirl_kit.training.common import end_processes
 
-        if dist.is_initialized():
-            dist.destroy_process_group()
+        end_processes()
 
 
 def _spawn(jobs: list[tuple]) -> None:
@@ -198,6 +197,14 @@ def test_sft_gen_rs_two_fsdp_processes_match_one_process_and_resume(model_dir, p
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     _same_rows(straight, _metrics(tmp_path / "mixed"))  # all columns: the same rank layout
     assert _worst(a, _final(tmp_path / "mixed")) < TOL
+    # what a resumed run checkpoints: the straight run's optimizer state exactly (no state for parameters
+    # without a gradient, betas a tuple); after a plain run's files, their layout (plain data parallel
+    # gives every parameter a gradient, zero where unused, so there every one has state)
+    o4, resumed, mixed = (_checkpoint(tmp_path / n, 4)[1]["optimizer"] for n in ("straight", "two", "mixed"))
+    assert _same_state(resumed, o4)
+    plain = _checkpoint(tmp_path / "mixed", 2)[1]["optimizer"]
+    assert mixed["param_groups"] == plain["param_groups"] == o4["param_groups"]
+    assert list(mixed["state"]) == list(plain["state"])
     print(f"sft gen-rs: worst step-2 weight difference {worst:.2e}")
 
 
@@ -220,3 +227,77 @@ def test_one_process_refuses_fsdp_before_loading(prompts, tmp_path):
     with pytest.raises(InputError, match="backbone.fsdp"):
         _train("grpo", cfg)
     assert not (tmp_path / "bad").exists()
+
+
+class _LoraLike(torch.nn.Module):
+    """A frozen base and tokenizer, adapters trained in two param groups, one adapter never used."""
+
+    def __init__(self):
+        super().__init__()
+        self.vq = torch.nn.Linear(3, 3)
+        self.base = torch.nn.Linear(3, 2)
+        self.lora_a = torch.nn.Parameter(torch.randn(4, 3))
+        self.lora_b = torch.nn.Parameter(torch.randn(2, 4))
+        self.unused = torch.nn.Parameter(torch.randn(2))
+        self.vq.requires_grad_(False)
+        self.base.requires_grad_(False)
+
+    def forward(self, x):
+        return self.base(self.vq(x)) + x @ self.lora_a.T @ self.lora_b.T
+
+
+def _adapters_optimizer(model: _LoraLike) -> torch.optim.Optimizer:
+    """Groups in an order other than the model's (ids follow the optimizer, not named_parameters)."""
+    return torch.optim.AdamW([{"params": [model.lora_b, model.unused], "weight_decay": 0.0},
+                              {"params": [model.lora_a]}], lr=1e-2, betas=(0.9, 0.99))
+
+
+def _same_state(a, b) -> bool:
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)
+    if isinstance(a, dict):
+        return isinstance(b, dict) and list(a) == list(b) and all(_same_state(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return type(a) is type(b) and len(a) == len(b) and all(map(_same_state, a, b))
+    return type(a) is type(b) and a == b
+
+
+def test_optimizer_state_converts_between_integer_ids_and_names_without_processes():
+    """The checkpoint layout (integer ids) <-> DCP's (parameter names) for an optimizer over a subset of
+    the parameters in two groups: the same names DCP gives, a lossless round trip, and DCP's own save
+    and load (no process group needed for unsharded tensors) writing and restoring the plain layout
+    exactly (betas a tuple, the never-used parameter without state)."""
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+    from unirl_kit.training.fsdp import (
+        full_optimizer_state,
+        ids_to_names,
+        load_optimizer_state,
+        names_to_ids,
+        optimizer_param_names,
+    )
+
+    torch.manual_seed(0)
+    model = _LoraLike()
+    optimizer = _adapters_optimizer(model)
+    for _ in range(2):
+        model(torch.randn(5, 3)).sum().backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    names = optimizer_param_names(model, optimizer)
+    assert names == [["lora_b", "unused"], ["lora_a"]]
+    plain = optimizer.state_dict()
+    assert sorted(plain["state"]) == [0, 2]  # `unused` (id 1) never had a gradient
+    by_name = ids_to_names(plain, names)
+    assert by_name["param_groups"][0]["params"] == ["lora_b", "unused"] and list(by_name["state"]) == ["lora_b", "lora_a"]
+    assert _same_state(by_name, get_optimizer_state_dict(model, optimizer))
+    assert _same_state(names_to_ids(by_name, names), plain)
+    assert _same_state(full_optimizer_state(model, optimizer, keep=True), plain)
+    assert full_optimizer_state(model, optimizer, keep=False) == {}
+
+    fresh = _LoraLike()
+    resumed = _adapters_optimizer(fresh)
+    load_optimizer_state(fresh, resumed, plain)
+    assert _same_state(resumed.state_dict(), plain)
+    with pytest.raises(InputError, match="sizes"):
+        ids_to_names(plain, [["lora_b"], ["unused", "lora_a"]])

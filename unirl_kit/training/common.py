@@ -1,5 +1,5 @@
-"""What both trainers share: processes, the policy on its device, optimizer and schedule, gradient
-sync and clipping, metrics rows, checkpoints (the final export: export.py; tracking: unirl_kit/tracking.py)."""
+"""What both trainers share: processes, the policy on its device (replicated with DDP or sharded
+with FSDP), optimizer and schedule, clipping, metrics rows, checkpoints (the final export: export.py; tracking: unirl_kit/tracking.py)."""
 
 from __future__ import annotations
 
@@ -57,6 +57,7 @@ class Policy:
     reference: Any = None  # a frozen copy of the model (full fine-tuning with beta > 0)
     autocast: Any = field(default=contextlib.nullcontext)
     fsdp: bool = False  # model (and reference) sharded with FSDP2 (unirl_kit/training/fsdp.py)
+    replicated: Any = None  # data parallel without FSDP: DDP over a `_Computation` holder of the model
 
     @property
     def model(self) -> torch.nn.Module:
@@ -83,13 +84,23 @@ class Policy:
 
     def call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """fn(*args, **kwargs), a computation with the current model (the reference inside
-        `as_reference`); under FSDP it runs as a forward of the sharded root, which every rank must
-        make the same number of times."""
-        if not self.fsdp:
-            return fn(*args, **kwargs)
-        from unirl_kit.training import fsdp
+        `as_reference`). Under FSDP it runs as a forward of the sharded root; replicated, a training
+        forward runs through DDP, whose backward then all-reduces the gradients bucket by bucket while
+        it computes. Either way every rank must make the same number of these calls."""
+        if self.fsdp:
+            from unirl_kit.training import fsdp
 
-        return fsdp.call(self.model, lambda: fn(*args, **kwargs))
+            return fsdp.call(self.model, lambda: fn(*args, **kwargs))
+        if self.replicated is not None and torch.is_grad_enabled():
+            return self.replicated(lambda: fn(*args, **kwargs))
+        return fn(*args, **kwargs)
+
+    def accumulating(self, last: bool) -> contextlib.AbstractContextManager:
+        """Around a micro-batch's forward: gradients are synced over ranks only in the backward of the
+        optimizer step's `last` one (DDP's no_sync before it, which a forward decides; FSDP syncs each)."""
+        if self.replicated is None or last:
+            return contextlib.nullcontext()
+        return self.replicated.no_sync()
 
     def gathered(self) -> contextlib.AbstractContextManager:
         """Around sampling and model-based rewards (no grad): under FSDP the whole model is gathered
@@ -149,7 +160,36 @@ def build_policy(cfg: BackboneConfig, lora: LoraConfig, keep_reference: bool, wo
     use_bf16 = cfg.bf16 == "true" or (cfg.bf16 == "auto" and backbone.device.type == "cuda")
     autocast = (lambda: torch.autocast(backbone.device.type, dtype=torch.bfloat16)) if use_bf16 \
         else contextlib.nullcontext
-    return Policy(backbone, params, lora.enabled, reference, autocast, fsdp=cfg.fsdp)
+    replicated = data_parallel(model, backbone.device) if world > 1 and not cfg.fsdp else None
+    return Policy(backbone, params, lora.enabled, reference, autocast, fsdp=cfg.fsdp, replicated=replicated)
+
+
+class _Computation(torch.nn.Module):
+    """The model as DDP's module, whose forward is any computation with it: the backbones call the
+    model's submodules (samplers, log-probs), never its own forward, and DDP hooks into a forward."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, thunk: Callable[[], Any]) -> Any:
+        return thunk()
+
+
+def data_parallel(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """DDP over `model`: its trainable parameters' gradients averaged over ranks in the backward.
+    Buffers are not broadcast (every rank loaded the same ones), so a forward starts no collective;
+    parameters unused by a step (e.g. the generation head under the `und` target) are allowed."""
+    import inspect
+
+    from torch.nn.parallel import DistributedDataParallel
+
+    ids = [device.index if device.index is not None else torch.cuda.current_device()] \
+        if device.type == "cuda" else None
+    newer = "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters  # newer torch
+    no_buffer_sync = {"forward_sync_buffers": False} if newer else {"broadcast_buffers": False}
+    return DistributedDataParallel(_Computation(model), device_ids=ids, find_unused_parameters=True,
+                                   **no_buffer_sync)
 
 
 def build_optimizer(params: list[torch.nn.Parameter], cfg: OptimConfig) -> torch.optim.Optimizer:
@@ -164,29 +204,10 @@ def learning_rate(step: int, total: int, cfg: OptimConfig) -> float:
     return warmup_cosine(step, total, cfg.warmup_steps, cfg.lr, floor=cfg.min_lr_ratio)
 
 
-def sync_gradients(params: list[torch.nn.Parameter], world: int) -> None:
-    """Average gradients over ranks (data parallel); one flat all-reduce, whatever path the forward took."""
-    if world == 1:
-        return
-    import torch.distributed as dist
-
-    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-    flat = torch.cat([g.reshape(-1) for g in grads])
-    dist.all_reduce(flat)
-    flat /= world
-    offset = 0
-    for p, g in zip(params, grads, strict=True):
-        n = g.numel()
-        p.grad = flat[offset: offset + n].view_as(p).clone()
-        offset += n
-
-
 def optimizer_step(policy: Policy, optimizer: torch.optim.Optimizer, lr: float, cfg: OptimConfig,
                    world: int) -> float:
-    """Sync, clip, step; returns the gradient norm before clipping (over the whole model, also when
-    FSDP holds the gradients as shards, which its backward has already averaged over ranks)."""
-    if not policy.fsdp:
-        sync_gradients(policy.params, world)
+    """Clip, step; returns the gradient norm before clipping (over the whole model, also when FSDP holds
+    the gradients as shards). Gradients arrive averaged over ranks: DDP's or FSDP's backward did it."""
     for group in optimizer.param_groups:
         group["lr"] = lr
     norm = torch.nn.utils.clip_grad_norm_(policy.params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))

@@ -10,15 +10,18 @@ Three ways in:
 - training forwards go through `call(model, thunk)`: `thunk` runs as a registered FSDP forward method
   of the root, so the root's parameters are all-gathered before it and its gradients reduce-scattered
   after the backward, whichever submodules it touches; each layer all-gathers in its own forward
-  and reduce-scatters its gradient (averaged over ranks, like `sync_gradients`). Every rank must
+  and reduce-scatters its gradient (averaged over ranks, as DDP averages the replicated path). Every rank must
   therefore make the same sequence of these calls (equal micro-batch counts; the trainers ensure it);
 - sampling and rewards run inside `gathered(model)`: the whole model is all-gathered once and kept
   so until the block ends. Sampling loops differ per rank (answers stop at EOS), so per-layer
   all-gathers there could not be matched across ranks; gathering once costs a full copy of the
   weights during generation (what a replicated model holds all the time) and no collective inside;
-- checkpoints: `full_weights` / `full_optimizer_state` gather (every rank calls, rank 0 gets the
-  tensors) into exactly the files a run without FSDP writes; `load_weights` / `load_optimizer_state`
-  put full tensors back as this rank's shards.
+- checkpoints go through `torch.distributed.checkpoint.state_dict` (DCP): `full_weights` /
+  `full_optimizer_state` gather (every rank calls, rank 0 gets the tensors) into exactly the files a
+  run without FSDP writes, and `load_weights` / `load_optimizer_state` put those full tensors back as
+  this rank's shards. DCP names optimizer state by parameter name, the files by integer id (the
+  layout of `optimizer.state_dict()`): `names_to_ids` / `ids_to_names` convert, so a checkpoint
+  written with or without FSDP resumes either way.
 """
 
 from __future__ import annotations
@@ -110,14 +113,6 @@ def gathered(model: nn.Module) -> Iterator[None]:
             m.reshard()
 
 
-def is_sharded_tensor(t: Any) -> bool:
-    if not torch.distributed.is_available():
-        return False
-    from torch.distributed.tensor import DTensor
-
-    return isinstance(t, DTensor)
-
-
 def full_weights(model: nn.Module, names: set[str] | None = None) -> dict[str, torch.Tensor]:
     """The full state dict (or the `names` in it) on the CPU of rank 0, {} elsewhere; every rank calls."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
@@ -126,44 +121,80 @@ def full_weights(model: nn.Module, names: set[str] | None = None) -> dict[str, t
     return {k: v for k, v in state.items() if names is None or k in names}
 
 
-def full_optimizer_state(optimizer: torch.optim.Optimizer, keep: bool) -> dict[str, Any]:
-    """`optimizer.state_dict()` with each sharded tensor gathered whole (the layout a run without FSDP
-    saves: integer parameter ids); every rank calls, in the same order, and only `keep` holds the result."""
-    state = optimizer.state_dict()
-    out: dict[int, dict[str, Any]] = {}
-    for idx, entry in state["state"].items():
-        full = {}
-        for key, value in entry.items():
-            value = value.full_tensor() if is_sharded_tensor(value) else value
-            full[key] = value.cpu() if keep and isinstance(value, torch.Tensor) else value
-        if keep:
-            out[idx] = full
-    return {"state": out, "param_groups": state["param_groups"]} if keep else {}
+def optimizer_param_names(model: nn.Module, optimizer: torch.optim.Optimizer) -> list[list[str]]:
+    """The name in `model` of each parameter the optimizer holds, group by group: the optimizer may hold
+    a subset (the frozen VQ is left out), and its order is what gives each one its integer id."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    return [[names[id(p)] for p in group["params"]] for group in optimizer.param_groups]
 
 
-def _shard_like(full: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
-    """This rank's shard of `full`, laid out as the sharded `param` (every rank holds `full`: no comms)."""
-    full = full.to(param.device)
-    if not is_sharded_tensor(param):
-        return full
-    from torch.distributed.tensor import distribute_tensor
+def names_to_ids(state: dict[str, Any], names: list[list[str]]) -> dict[str, Any]:
+    """A DCP optimizer state dict (keyed by parameter name) in `optimizer.state_dict()`'s layout: the
+    integer ids 0, 1, ... in param_groups order, which the checkpoints of runs without FSDP have."""
+    ids = {n: i for i, n in enumerate(n for group in names for n in group)}
+    return {"state": {ids[n]: entry for n, entry in state["state"].items()},
+            "param_groups": [{**g, "params": [ids[n] for n in g["params"]]} for g in state["param_groups"]]}
 
-    return distribute_tensor(full, param.device_mesh, param.placements, src_data_rank=None)
+
+def ids_to_names(state: dict[str, Any], names: list[list[str]]) -> dict[str, Any]:
+    """`names_to_ids` undone for an optimizer over these parameters. Like `Optimizer.load_state_dict`, the
+    saved ids are matched to the parameters by position, group by group (whatever ids the file uses)."""
+    sizes = [len(g["params"]) for g in state["param_groups"]]
+    if sizes != [len(group) for group in names]:
+        raise InputError(f"the checkpoint's optimizer has parameter groups of sizes {sizes}, this one "
+                         f"{[len(group) for group in names]}; was it written by another config?")
+    name_of = {i: n for g, group in zip(state["param_groups"], names, strict=True)
+               for i, n in zip(g["params"], group, strict=True)}
+    return {"state": {name_of[i]: entry for i, entry in state["state"].items()},
+            "param_groups": [{**g, "params": [name_of[i] for i in g["params"]]} for g in state["param_groups"]]}
+
+
+def full_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, keep: bool) -> dict[str, Any]:
+    """The optimizer state with each shard gathered whole, on the CPU, in the layout a run without FSDP
+    saves (integer ids); every rank calls (the same collectives in the same order), and `keep`, which
+    must be rank 0 (the only rank DCP hands the gathered tensors), gets it; {} elsewhere."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    state = get_optimizer_state_dict(model, optimizer,
+                                     options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if not keep:
+        return {}
+    if not state:
+        raise RuntimeError("full_optimizer_state: keep=True on a rank other than 0, which receives nothing")
+    return names_to_ids(state, optimizer_param_names(model, optimizer))
 
 
 def load_weights(model: nn.Module, weights: dict[str, torch.Tensor]) -> None:
-    """Copy full tensors into the parameters of the same names (this rank's shards when sharded)."""
-    params = dict(model.named_parameters())
-    with torch.no_grad():
-        for k, v in weights.items():
-            params[k].copy_(_shard_like(v.to(params[k].dtype), params[k]))
+    """Full tensors (every rank read the files) into a sharded model, each becoming this rank's shard;
+    the parameters `weights` lacks (the frozen VQ) keep their values."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    set_model_state_dict(model, dict(weights),  # DCP adds the model's other entries to the dict it is given
+                         options=StateDictOptions(full_state_dict=True, strict=False))
 
 
-def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
-    """Load a full (unsharded) optimizer state dict into an optimizer over sharded parameters."""
+def load_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    """A full optimizer state in the integer-id layout into an optimizer over sharded parameters, ending
+    exactly as `optimizer.load_state_dict` would on a model without FSDP."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    names = optimizer_param_names(model, optimizer)
+    # strict=False: a parameter that never had a gradient (the understanding head in a generation-only
+    # run) has no state in the file
+    set_optimizer_state_dict(model, optimizer, ids_to_names(state, names),
+                             options=StateDictOptions(full_state_dict=True, strict=False))
+    _as_plain_load(optimizer, state)
+
+
+def _as_plain_load(optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    """Undo what DCP's loading does differently: it first steps the empty optimizer once (lr 0, zero
+    grads) so that every parameter has state, and it rebuilds tuples (AdamW's betas) as lists. Left so,
+    a parameter without saved state would resume at step 1 (other bias correction once it gets a
+    gradient) and the next checkpoint would differ from a run without FSDP."""
     params = [p for group in optimizer.param_groups for p in group["params"]]
-    ids = [i for group in state["param_groups"] for i in group["params"]]
-    by_id = dict(zip(ids, params, strict=True))
-    sharded = {idx: {k: _shard_like(v, by_id[idx]) if isinstance(v, torch.Tensor) and v.shape == by_id[idx].shape
-                     else v for k, v in entry.items()} for idx, entry in state["state"].items()}
-    optimizer.load_state_dict({"state": sharded, "param_groups": state["param_groups"]})
+    saved = [i for g in state["param_groups"] for i in g["params"]]
+    for param, i in zip(params, saved, strict=True):
+        if i not in state["state"]:
+            optimizer.state.pop(param, None)
+    for group, g in zip(optimizer.param_groups, state["param_groups"], strict=True):
+        group.update({k: v for k, v in g.items() if k != "params"})

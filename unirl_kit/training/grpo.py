@@ -153,10 +153,11 @@ def policy_update(policy: Policy, optimizer, rollout: Rollout, advantages: dict[
     dapo_items = {t: float(gather_floats(torch.tensor([float(tokens[t])]), world).sum()) / world for t in targets} \
         if cfg.loss_type == "dapo" else {}  # global-batch tokens / world: gradients are averaged over ranks
     passes = cfg.num_iterations
+    last = (targets[-1], len(slices) - 1)  # the micro-batch whose backward syncs gradients over ranks
     for _ in range(passes):
         for t in targets:
             for m, rows in enumerate(slices):
-                with policy.autocast():  # every rank has as many rows, so as many micro-batches (FSDP)
+                with policy.accumulating(last=(t, m) == last), policy.autocast():  # as many on every rank
                     logp, mask, entropy = policy.call(terms[t], rows)
                 old = fixed[t]["old"][m] if cfg.num_iterations > 1 else logp.detach()
                 ref = fixed[t]["ref"][m] if cfg.beta > 0 else None

@@ -251,13 +251,13 @@ def sft_update(policy: Policy, optimizer, data: SFTBatch, step: int, cfg: SFTCon
     local = dict.fromkeys([*weights, *logged], 0.0)
     size = max(2, cfg.optim.micro_batch // 2 * 2) if cfg.mode == "dpo" else cfg.optim.micro_batch  # whole pairs
     chunks = [data.keep[i: i + size] for i in range(0, len(data.keep), size)]
-    if policy.fsdp:  # FSDP: every rank runs as many forwards/backwards; gen-rs keeps unequal numbers of rows
+    if world > 1:  # every rank runs as many forwards/backwards (DDP, FSDP); gen-rs keeps unequal numbers of rows
         most = int(gather_floats(torch.tensor([float(len(chunks))]), world).max())
         chunks += [[] for _ in range(most - len(chunks))]
     if cfg.mode == "dpo":
         data.ref_logp = reference_logp(policy, data, chunks, cfg)
     for m, rows in enumerate(chunks):
-        with policy.autocast():  # an empty chunk (padding) runs row 0 with a zero loss
+        with policy.accumulating(last=m == len(chunks) - 1), policy.autocast():  # sync: last only; padding: row 0, zero loss
             terms = policy.call(micro_terms, policy, data, rows or [0, 1][:1 + (cfg.mode == "dpo")], step, cfg)
         # gradients are averaged over ranks, so each rank's share of the global mean is scaled by world
         loss = sum(weights[t] * terms[t].float() / max(counts[t], 1.0) for t in weights) * world

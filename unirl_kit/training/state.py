@@ -56,10 +56,13 @@ def load_train_state(root: Path, model: torch.nn.Module, optimizer: torch.optim.
     if unknown:
         raise InputError(f"{ckpt}: weights {unknown[:3]} are not in this model; was it written by another "
                          "config (lora.enabled, backbone)? use a new run.out")
-    fsdp.load_weights(model, weights)
     if fsdp.is_sharded(model):
-        fsdp.load_optimizer_state(optimizer, state["optimizer"])
-    else:
+        fsdp.load_weights(model, weights)
+        fsdp.load_optimizer_state(model, optimizer, state["optimizer"])
+    else:  # no collective, so this needs no process group
+        with torch.no_grad():
+            for k, v in weights.items():
+                params[k].copy_(v)
         optimizer.load_state_dict(state["optimizer"])
     set_rng_state(state["rng"])
     return state
