@@ -8,8 +8,10 @@ checkpointing (recomputed forwards inside DDP's backward)."""
 from __future__ import annotations
 
 import pytest
+import test_train_fsdp
 from test_train_fsdp import _cfg, _final, _metrics, _spawn, _train, _worst
-from test_train_fsdp import model_dir, prompts  # noqa: F401  (the module's fixtures)
+
+model_dir, prompts = test_train_fsdp.model_dir, test_train_fsdp.prompts  # its module-scoped fixtures
 
 TOL = 5e-5  # float rounding of the 2-way average at lr 1e-3 (see test_train_grpo); a sync error is ~lr
 
