@@ -12,6 +12,7 @@ import uuid
 
 import pytest
 
+from unirl_kit.eval.geneval.detectors.shapes import ShapesDetector
 from unirl_kit.registry import REGISTRIES, Registry, UnknownPluginError, load_target, registry
 from unirl_kit.types import InputError
 
@@ -201,11 +202,12 @@ def test_unirl_help_does_not_import_torch():
 FAKE_MODULE = '''
 """A third-party detector package, installed only as a .dist-info folder on PYTHONPATH."""
 
+from unirl_kit.eval.geneval.detectors import Detector
 from unirl_kit.types import Detection
 from unirl_kit.worlds.shapes.vocab import SHAPES
 
 
-class SquareDetector:
+class SquareDetector(Detector):
     """Sees one full-image red square in every image."""
 
     classes = SHAPES
@@ -314,3 +316,20 @@ def test_cli_unknown_detector_has_did_you_mean(tiny_geneval_dir, tmp_path, unirl
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ")
     assert "did you mean 'shapes'" in lines[0]
+
+
+def test_a_detector_plugin_missing_a_member_fails_in_one_line(tmp_path):
+    """A plugin class that does not subclass Detector and lacks `check_filenames` is named, with the fix."""
+    from unirl_kit.eval.geneval.detectors import check_detector
+
+    class Bare:
+        classes = None
+        default_color_classifier = "shapes"
+
+        def detect(self, images, filenames):
+            return [[] for _ in images]
+
+    with pytest.raises(InputError, match=r"detector 'bare' \(.*Bare\) lacks check_filenames; subclass "
+                                         r"unirl_kit.eval.geneval.detectors.Detector"):
+        check_detector(Bare(), "bare")
+    assert check_detector(ShapesDetector(), "shapes").check_filenames(["x/0.png"]) is None

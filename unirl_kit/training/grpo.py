@@ -49,9 +49,8 @@ from unirl_kit.types import PromptSpec, TrainingError
 @holds_output_locks
 def run_grpo(cfg: GRPOConfig, resume: bool = False) -> dict[str, Any]:
     """Train `run.steps` steps (continuing from the last checkpoint with resume); returns a summary."""
-    run = recipe.setup(cfg, resume, check=check_grpo, stamp={"config": "train grpo"},
-                       wants_rewards=cfg.target in ("gen", "joint"), keep_reference=cfg.beta > 0)
-    try:
+    with recipe.session(cfg, resume, check=check_grpo, stamp={"config": "train grpo"},
+                        wants_rewards=cfg.target in ("gen", "joint"), keep_reference=cfg.beta > 0) as run:
         row: dict[str, Any] = {}
         for step in run.steps:
             row = train_step(run.policy, run.optimizer, run.reward, run.pool, step, cfg, run.rank, run.world)
@@ -59,8 +58,6 @@ def run_grpo(cfg: GRPOConfig, resume: bool = False) -> dict[str, Any]:
             if run.checkpoint_due(step):
                 recipe.save_checkpoint(run, step + 1)
         return recipe.finish(run, row)
-    finally:
-        recipe.cleanup(run)
 
 
 def train_step(policy: Policy, optimizer, reward, pool: list[PromptSpec], step: int, cfg: GRPOConfig,

@@ -1,6 +1,6 @@
 """The parts every training recipe (grpo.py, sft.py) shares, in the order a recipe calls them:
 
-- `setup`: processes, checks, the prompt pool, the output folder's lock, the policy (and its frozen
+- `session`: `setup` on entry, `cleanup` on exit; `setup`: processes, checks, the prompt pool, the output folder's lock, the policy (and its frozen
   reference), rewards, optimizer, resume (refusing another recipe's or another run's checkpoints),
   run info, tracking and the progress line, all in one `TrainingRun`;
 - `log_step`: a step's metrics row to the trackers and the progress line;
@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -178,6 +178,16 @@ def finish(run: TrainingRun, last: dict[str, Any]) -> dict[str, Any]:
     if run.rank == 0:
         (run.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+@contextlib.contextmanager
+def session(cfg: Any, resume: bool, **how: Any) -> Iterator[TrainingRun]:
+    """`setup(cfg, resume, **how)` on entry, `cleanup` on exit, also when a step raises."""
+    run = setup(cfg, resume, **how)
+    try:
+        yield run
+    finally:
+        cleanup(run)
 
 
 def cleanup(run: TrainingRun) -> None:

@@ -70,10 +70,9 @@ from unirl_kit.types import PromptSpec, TrainingError
 def run_sft(cfg: SFTConfig, resume: bool = False) -> dict[str, Any]:
     """Train `run.steps` steps (continuing from the last checkpoint with resume); returns a summary. A
     resume refuses checkpoints written by another recipe or another SFT mode."""
-    run = recipe.setup(cfg, resume, check=check_sft, stamp={"config": "train sft", "mode": cfg.mode},
-                       wants_rewards=cfg.mode == "gen-rs",  # distill's images were judged by `unirl score`
-                       keep_reference=cfg.mode == "dpo", load_pool=OFFLINE_DATA.get(cfg.mode))
-    try:
+    with recipe.session(cfg, resume, check=check_sft, stamp={"config": "train sft", "mode": cfg.mode},
+                        wants_rewards=cfg.mode == "gen-rs",  # distill's images were judged by `unirl score`
+                        keep_reference=cfg.mode == "dpo", load_pool=OFFLINE_DATA.get(cfg.mode)) as run:
         row: dict[str, Any] = {}
         for step in run.steps:
             row = train_step(run.policy, run.optimizer, run.reward, run.pool, step, cfg, run.rank, run.world)
@@ -81,8 +80,6 @@ def run_sft(cfg: SFTConfig, resume: bool = False) -> dict[str, Any]:
             if run.checkpoint_due(step):
                 recipe.save_checkpoint(run, step + 1)
         return recipe.finish(run, row)
-    finally:
-        recipe.cleanup(run)
 
 
 def _kept_images(cfg: SFTConfig) -> list:

@@ -10,6 +10,7 @@ from typing import Any
 
 from unirl_kit.config import check_ranges, to_dict, write_run_info
 from unirl_kit.eval.geneval import summary as summ
+from unirl_kit.eval.geneval.detectors import check_detector
 from unirl_kit.eval.geneval.layout import JOIN_KEY, ImageItem, add_join_key, load_image, scan_images
 from unirl_kit.eval.geneval.rules import RuleOptions, evaluate, keep_detections
 from unirl_kit.jsonl import write_atomic
@@ -46,7 +47,7 @@ def build_judges(cfg: GenevalConfig) -> tuple[Any, Any]:
         det_opts["path"] = cfg.detections
     if cfg.detector == "precomputed" and "path" not in det_opts:
         raise InputError("--detector precomputed needs --detections FILE.jsonl")
-    detector = registry("detectors").build(cfg.detector, **det_opts)
+    detector = check_detector(registry("detectors").build(cfg.detector, **det_opts), cfg.detector)
     color_name = detector.default_color_classifier if cfg.color_classifier == "auto" else cfg.color_classifier
     colors = registry("color_classifiers").build(color_name, **cfg.color_options)
     return detector, colors
@@ -131,8 +132,7 @@ def run_geneval(cfg: GenevalConfig) -> dict[str, Any]:
     items = scan_images(images_dir)
     detector, colors = build_judges(cfg)
     check_vocabulary(items, detector, colors, images_dir, cfg.detector)
-    if hasattr(detector, "check_filenames"):
-        detector.check_filenames([it.rel for it in items])
+    detector.check_filenames([it.rel for it in items])
     _check_same_run(out, cfg)  # every rank, before anything is written
     lock_output(out)
     # a damaged file fails before config.yaml is rewritten

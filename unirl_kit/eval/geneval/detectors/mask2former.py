@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from unirl_kit.eval.geneval.detectors import Detector
 from unirl_kit.types import Detection, InputError
 
 log = logging.getLogger(__name__)
@@ -163,7 +164,7 @@ def instance_postprocess(
             for lab, s, q in zip(labels.tolist(), score.tolist(), queries.tolist(), strict=True)]
 
 
-class Mask2FormerDetector:
+class Mask2FormerDetector(Detector):
     """Mask2Former (transformers weights) with mmdet's test-time pre/post-processing, batched."""
 
     default_color_classifier = "clip"

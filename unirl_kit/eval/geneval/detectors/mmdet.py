@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from unirl_kit.eval.geneval.detectors import Detector
 from unirl_kit.types import Detection, InputError
 
 log = logging.getLogger(__name__)
@@ -25,7 +26,7 @@ RECIPE = ("run it in its own venv: `nox -s mmdet` builds one (python3.11: pip in
           "or use --detector mask2former, which needs no mmcv")
 
 
-class MMDetDetector:
+class MMDetDetector(Detector):
     """mmdet's init_detector/inference_detector (GenEval's reference code path; needs mmcv)."""
 
     default_color_classifier = "clip"

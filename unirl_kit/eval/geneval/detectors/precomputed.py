@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from unirl_kit.eval.geneval.detectors import Detector
 from unirl_kit.images import check_pixels, open_image
 from unirl_kit.jsonl import read_jsonl
 from unirl_kit.types import Detection, InputError
@@ -159,7 +160,7 @@ def _parse_detection(obj: Any, where: str, base: Path) -> _Entry:
     return _Entry(Detection(cls, tuple(float(v) for v in box), float(score), None, color), mask, where)
 
 
-class PrecomputedDetector:
+class PrecomputedDetector(Detector):
     """Reads detections from a JSONL file made elsewhere (another env or machine)."""
 
     classes = None

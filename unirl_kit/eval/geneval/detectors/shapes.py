@@ -7,12 +7,13 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image
 
+from unirl_kit.eval.geneval.detectors import Detector
 from unirl_kit.types import Detection
 from unirl_kit.worlds.shapes.analyze import detect_shapes
 from unirl_kit.worlds.shapes.vocab import SHAPES
 
 
-class ShapesDetector:
+class ShapesDetector(Detector):
     """Analytic detector of the shapes world: exact on clean renders, no model."""
 
     classes: Sequence[str] = SHAPES
