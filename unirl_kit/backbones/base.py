@@ -32,7 +32,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -89,8 +89,6 @@ class Backbone(Protocol):
     image_size: int  # pixels per side of generated images
     tokenizer: Any  # the text tokenizer (transformers), e.g. to count answer tokens
     default_cfg_scale: float | None  # the guidance these weights sample with; None: 5 (resolve_cfg_scale)
-    source: str | None  # the folder the weights were loaded from (model cards, stamps of what was evaluated)
-    DEFAULT_MODEL: ClassVar[str | None]  # the weights loaded when backbone.model is empty (tiny-shapes: shipped)
 
     @property
     def device(self) -> torch.device: ...

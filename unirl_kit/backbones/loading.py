@@ -180,7 +180,7 @@ def load_backbone(name: str, model: str | None = None, device: str = "auto", dty
         if folder in _chain or len(_chain) > 8:
             raise InputError(f"{folder / ADAPTER_CONFIG}: base_model_name_or_path leads back to this adapter; "
                              "point it at the model the adapter was trained on")
-        base = adapter_base(folder, registry("backbones").get(name).DEFAULT_MODEL)
+        base = adapter_base(folder, getattr(registry("backbones").get(name), "DEFAULT_MODEL", None))
         try:
             backbone = load_backbone(name, base, device, dtype, options, (*_chain, folder))
         except InputError as exc:

@@ -17,7 +17,7 @@ def export_final(policy: Policy, out: Path, cfg: Any, stamp: dict[str, str], ran
     target = Path(out) / "final"
     if not _save_merged(policy, target, rank):
         return None
-    base = recorded_base(cfg.backbone.model or policy.backbone.source)
+    base = recorded_base(cfg.backbone.model or getattr(policy.backbone, "source", None))
     card = {"cfg": cfg, "stamp": stamp, "base": base, "out": Path(out), "last": last}
     if policy.lora:
         from unirl_kit.backbones.adapters import save_adapter

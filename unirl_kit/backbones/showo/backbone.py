@@ -67,7 +67,6 @@ class ShowoBackbone:
 
     name: ClassVar[str] = "showo"
     DECODE_CHUNK: ClassVar[int] = 1  # an image must not depend on its batch (conv numerics vary with it)
-    DEFAULT_MODEL: ClassVar[str | None] = None  # no weights ship: backbone.model names a folder
 
     def __init__(self, model: str | None = None, device: str = "auto", dtype: str = "auto",
                  vq_model: str | None = None, tokenizer: str | None = None, timesteps: int = 18,

@@ -14,7 +14,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from unirl_kit.backbones.config import (
     MOVED_BACKBONE_KEYS,
@@ -30,9 +30,6 @@ from unirl_kit.jsonl import read_json, write_atomic
 from unirl_kit.locking import holds_output_locks, lock_output
 from unirl_kit.progress import Progress
 from unirl_kit.types import InputError
-
-if TYPE_CHECKING:  # torch stays unimported until a model loads
-    from unirl_kit.backbones.base import Backbone
 
 
 @dataclass
@@ -72,13 +69,13 @@ def _digest(path: str | Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
 
 
-def model_stamp(cfg: UnderstandingConfig, backbone: Backbone | None = None) -> str | None:
+def model_stamp(cfg: UnderstandingConfig, backbone: Any = None) -> str | None:
     """Size and the last MiB of each weights file: retrained weights at the same path are not the same model."""
-    source = cfg.backbone.model or (backbone.source if backbone is not None else None)
+    source = cfg.backbone.model or getattr(backbone, "source", None)
     if source is None and backbone is None:
         from unirl_kit.registry import registry
 
-        source = registry("backbones").get(cfg.backbone.name).DEFAULT_MODEL
+        source = getattr(registry("backbones").get(cfg.backbone.name), "DEFAULT_MODEL", None)
     if source is None or not Path(source).is_dir():
         return None
     h = hashlib.sha256()
