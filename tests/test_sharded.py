@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from unirl_kit.sharded import ShardedJsonl, part_path, rank_parts
+from unirl_kit.types import InputError
 
 ITEMS = [f"img{i}" for i in range(7)]
 FIELDS = {"filename": str, "n": int}
@@ -152,3 +153,20 @@ def test_ranks_of_a_process_group_meet_at_a_barrier(tmp_path: Path) -> None:
     assert [r["n"] for r in json.loads((tmp_path / "results.jsonl.rank0.returned").read_text())] == list(range(7))
     assert json.loads((tmp_path / "results.jsonl.rank1.returned").read_text()) is None
     assert [p for p in leftovers(tmp_path) if not p.endswith(".returned")] == []
+
+
+def test_a_stale_marker_never_yields_a_partial_set(tmp_path, monkeypatch):
+    """Rank 1 crashed after an earlier run left its marker: rank 0 merges 4 of 7 rows, keeps them in OUT,
+    clears the markers and refuses to return the set; the rerun computes only rank 1's share."""
+    out = tmp_path / "rows.jsonl"
+    out.with_name("rank1.done").touch()  # marker_prefix "" is what eval geneval uses
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    with pytest.raises(InputError, match=r"rows.jsonl: 3 of 7 items have no row yet; rerun the same command"):
+        ShardedJsonl(out, "filename", FIELDS, marker_prefix="").run(
+            ITEMS, lambda it: it, lambda b: [{"filename": it, "n": int(it[3:])} for it in b], 3, timeout_s=5,
+            stage="test", label="test", show_progress=False)
+    assert sorted(r["n"] for r in lines(out)) == [0, 2, 4, 6] and leftovers(tmp_path) == []
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    calls: list[str] = []
+    assert [r["n"] for r in run(out, calls)] == list(range(7)) and calls == ["img1", "img3", "img5"]

@@ -26,6 +26,7 @@ from typing import Any, Generic, TypeVar
 from unirl_kit.distributed import rank_and_world, wait_for_ranks
 from unirl_kit.jsonl import ResumableJsonl, write_atomic
 from unirl_kit.progress import Progress
+from unirl_kit.types import InputError
 
 T = TypeVar("T")
 Row = dict[str, Any]
@@ -74,8 +75,9 @@ class ShardedJsonl(Generic[T]):
             batch_size: int, *, timeout_s: float, stage: str, label: str, show_progress: bool = True,
             unit: str = "items", upgrade: Callable[[Row, T], Row] | None = None) -> list[Row] | None:
         """Run `rows_for` on each batch of this rank's missing items, appending its rows (one per item,
-        any order); then, on rank 0, merge. Returns the rows of `items` in their order (fewer when a
-        stale marker let a crashed rank's share go missing), or None on ranks > 0.
+        any order); then, on rank 0, merge. Returns the rows of `items` in their order, or None on
+        ranks > 0. A merged set with items missing (a stale marker let a crashed rank's share go
+        missing) is refused, so no summary is ever made of part of the items.
 
         `upgrade(row, item)` returns the row as this version writes it, or the same object if it
         already is; `stage`, `label`, `show_progress`, `unit` describe the progress display.
@@ -97,7 +99,10 @@ class ShardedJsonl(Generic[T]):
                 self.merged.append(self._open(part_path(self.out, r)).rows)
         rows = self._in_order(items, item_key, upgrade)
         for stale in [*rank_parts(self.out), *self.out.parent.glob(f"{glob.escape(self.marker_prefix)}rank*.done")]:
-            stale.unlink(missing_ok=True)
+            stale.unlink(missing_ok=True)  # their rows are in OUT now
+        if len(rows) != len(items):
+            raise InputError(f"{self.out}: {len(items) - len(rows)} of {len(items)} {unit} have no row yet; "
+                             "rerun the same command to finish them")
         return rows
 
     def _map(self, items: Sequence[T], item_key: Callable[[T], Any], rows_for: Callable[[list[T]], list[Row]],

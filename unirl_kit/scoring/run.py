@@ -203,9 +203,6 @@ def run_score(cfg: ScoreConfig, backbone: Any = None) -> dict[str, Any]:
                       show_progress=cfg.progress, unit="images", upgrade=add_join_key)
     if rows is None:
         return {}
-    if len(rows) != len(items):  # e.g. a stale marker of a crashed rank: never summarise a partial set
-        raise InputError(f"{out}: {len(items) - len(rows)} of {len(items)} images have no score yet; "
-                         "rerun the same command to score them")
     summary = summ.summarize(rows, weights)
     write_atomic(summary_path(out), summ.dumps(summary))
     return summary

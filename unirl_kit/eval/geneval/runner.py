@@ -144,9 +144,6 @@ def run_geneval(cfg: GenevalConfig) -> dict[str, Any]:
                       show_progress=cfg.progress, unit="images", upgrade=add_join_key)
     if rows is None:
         return {}
-    if len(rows) != len(items):  # e.g. a stale marker from a crashed rank: never summarise a partial set
-        raise InputError(f"{out}: {len(items) - len(rows)} of {len(items)} images have no result yet; "
-                         "rerun the same command to score them")
     summary = summ.summarize(rows)
     write_atomic(out / "summary.json", summ.dumps(summary))
     write_atomic(out / "summary.md", summ.to_markdown(summary))
