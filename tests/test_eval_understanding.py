@@ -186,6 +186,30 @@ def test_clean_and_pope_with_an_oracle_then_resume(tmp_path: Path) -> None:
         run_understanding(cfg, Refuses())
 
 
+def test_a_protocol_killed_mid_way_resumes_its_answers(tmp_path: Path) -> None:
+    """The answers are kept as they come: after a crash in the third batch, the rerun asks only the
+    questions without an answer, and the result equals an uninterrupted run's."""
+    cfg = UnderstandingConfig(protocols=["clean"], per_tag=2, batch_size=4, out=str(tmp_path / "a"), progress=False)
+    straight = run_understanding(cfg, _oracle_for_clean([2]))["protocols"]
+
+    class Dies(Oracle):
+        def answer(self, images, questions, **kw):
+            if len(self.questions) >= 8:
+                raise KeyboardInterrupt
+            return super().answer(images, questions, **kw)
+
+    cfg.out = str(tmp_path / "b")
+    dies = Dies()
+    dies.truth = _oracle_for_clean([2]).truth
+    with pytest.raises(KeyboardInterrupt):
+        run_understanding(cfg, dies)
+    stored = list((tmp_path / "b" / "answers").glob("clean-*/clean_qa.jsonl"))
+    assert len(stored) == 1 and len(stored[0].read_text().splitlines()) == 8
+    again = _oracle_for_clean([2])
+    assert run_understanding(cfg, again)["protocols"] == straight
+    assert len(again.questions) == 12 - 8  # 6 tags x 2 scenes, 8 answered before the crash
+
+
 # ---- generated images: UniRL's protocol, imbalance, POPE on detections ------------------------------
 
 @pytest.fixture()

@@ -170,3 +170,31 @@ def test_a_stale_marker_never_yields_a_partial_set(tmp_path, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "1")
     calls: list[str] = []
     assert [r["n"] for r in run(out, calls)] == list(range(7)) and calls == ["img1", "img3", "img5"]
+
+
+def _everywhere_rank(rank: int, out: str, seen: dict) -> None:
+    import os
+
+    os.environ.update(RANK=str(rank), WORLD_SIZE="2")
+    rows = ShardedJsonl(Path(out), "filename", FIELDS).run_everywhere(
+        ITEMS, lambda it: it, lambda b: [{"filename": it, "n": int(it[3:]) * 10 + rank} for it in b], 2,
+        timeout_s=60, stage="test", label="test", show_progress=False)
+    seen[rank] = [r["n"] for r in rows]
+
+
+def test_run_everywhere_gives_every_rank_all_rows(tmp_path):
+    """Two processes without a process group (markers): each computes its share, both get every row in
+    item order; a rerun computes nothing (OUT and its merge mark are kept)."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    with ctx.Manager() as manager:
+        seen = manager.dict()
+        procs = [ctx.Process(target=_everywhere_rank, args=(r, str(tmp_path / "rows.jsonl"), seen)) for r in (0, 1)]
+        for proc in procs:
+            proc.start()
+        for proc in procs:
+            proc.join(90)
+        want = [i * 10 + i % 2 for i in range(7)]  # item i was computed by rank i % 2
+        assert [proc.exitcode for proc in procs] == [0, 0] and seen[0] == want and seen[1] == want
+    assert leftovers(tmp_path) == [] and (tmp_path / "rows.jsonl.merged").is_file()

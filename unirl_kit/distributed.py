@@ -63,3 +63,13 @@ def wait_for_ranks(markers: list[Path], timeout_s: float, what: str) -> None:
     except RuntimeError as exc:
         raise TimeoutError(f"waited {timeout_s:.0f}s for {what} at a torch.distributed barrier: {exc}; "
                            "did a rank crash? rerun with the same arguments to resume") from exc
+
+
+def wait_for_rank0(marker: Path, timeout_s: float, what: str) -> None:
+    """Ranks > 0 wait until rank 0 has done something all need (it touched `marker` first): a barrier
+    of the process group when one exists (every rank calls), else the marker is polled."""
+    dist = _process_group()
+    if dist is not None:
+        wait_for_ranks([], timeout_s, what)
+    elif rank_and_world()[0] != 0:
+        wait_for_files([marker], timeout_s, what)

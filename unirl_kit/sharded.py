@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
-from unirl_kit.distributed import rank_and_world, wait_for_ranks
+from unirl_kit.distributed import rank_and_world, wait_for_rank0, wait_for_ranks
 from unirl_kit.jsonl import ResumableJsonl, write_atomic
 from unirl_kit.progress import Progress
 from unirl_kit.types import InputError
@@ -105,6 +105,28 @@ class ShardedJsonl(Generic[T]):
                              "rerun the same command to finish them")
         return rows
 
+    def run_everywhere(self, items: Sequence[T], item_key: Callable[[T], Any],
+                       rows_for: Callable[[list[T]], list[Row]], batch_size: int, *, timeout_s: float, stage: str,
+                       label: str, show_progress: bool = True, unit: str = "items") -> list[Row]:
+        """`run`, then every rank reads the merged rows (a stage whose next step needs all of them on
+        every rank, e.g. the understanding protocols grading answers). Rank 0 marks the merge with
+        OUT.merged, kept: OUT never loses a row of these items, so a mark left by an earlier complete
+        run is still true."""
+        rows = self.run(items, item_key, rows_for, batch_size, timeout_s=timeout_s, stage=stage, label=label,
+                        show_progress=show_progress, unit=unit)
+        merged = self.out.with_name(f"{self.out.name}.merged")
+        if self.world == 1:
+            return rows or []
+        if self.rank == 0:
+            merged.touch()
+        wait_for_rank0(merged, timeout_s, f"rank 0 to merge {self.out.name}")
+        if rows is not None:
+            return rows
+        rows = self._ordered(self._open(self.out).rows, items, item_key)  # read only: rank 0 owns OUT
+        if len(rows) != len(items):
+            raise InputError(f"{self.out}: rank 0 merged {len(rows)} of {len(items)} {unit}; rerun the same command")
+        return rows
+
     def _map(self, items: Sequence[T], item_key: Callable[[T], Any], rows_for: Callable[[list[T]], list[Row]],
              batch_size: int, stage: str, label: str, show_progress: bool, unit: str) -> None:
         todo = [it for it in items if item_key(it) not in self.store.done]
@@ -115,11 +137,16 @@ class ShardedJsonl(Generic[T]):
                 self.store.append(rows_for(batch))
                 task.advance(len(batch))
 
+    def _ordered(self, rows: list[Row], items: Sequence[T], item_key: Callable[[T], Any]) -> list[Row]:
+        """The rows of `items`, in their order."""
+        order = {item_key(it): i for i, it in enumerate(items)}
+        return sorted((r for r in rows if self.key(r) in order), key=lambda r: order[self.key(r)])
+
     def _in_order(self, items: Sequence[T], item_key: Callable[[T], Any],
                   upgrade: Callable[[Row, T], Row] | None) -> list[Row]:
         """The merged rows of `items`, in their order; OUT is rewritten if that differs from the file."""
+        kept = self._ordered(self.merged.rows, items, item_key)
         order = {item_key(it): i for i, it in enumerate(items)}
-        kept = sorted((r for r in self.merged.rows if self.key(r) in order), key=lambda r: order[self.key(r)])
         rows = [upgrade(r, items[order[self.key(r)]]) for r in kept] if upgrade else kept
         changed = any(new is not old for new, old in zip(rows, kept, strict=True))
         if changed or [self.key(r) for r in rows] != [self.key(r) for r in self.merged.rows]:

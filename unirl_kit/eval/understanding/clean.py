@@ -7,6 +7,7 @@ UniRL's question for each; an answer counts as right when every check of `grade_
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -47,11 +48,11 @@ def clean_scenes_with_objects(world: str, per_tag: int, seed: int,
 
 def clean_render_accuracy(backbone: Any, per_tag: int = 50, seed: int = 0, world: str = "shapes",
                           batch_size: int = 32, max_new_tokens: int = 32,
-                          progress: Progress = no_progress) -> dict[str, Any]:
+                          progress: Progress = no_progress, store: Path | None = None) -> dict[str, Any]:
     """Per-tag accuracy and mean graded credit of greedy answers; `overall` is the mean over tags."""
     scenes = clean_scenes(world, per_tag, seed, backbone.image_size)
     answers = answer_all(backbone, [im for _, im in scenes], [s.question for s, _ in scenes], batch_size,
-                         max_new_tokens, progress, "clean QA")
+                         max_new_tokens, progress, "clean QA", store)
     rows = []
     for (spec, _), answer in zip(scenes, answers, strict=True):
         grade = grade_answer(spec, answer)

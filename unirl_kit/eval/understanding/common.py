@@ -26,13 +26,45 @@ def no_progress(label: str, total: int) -> Callable[[int], None]:
 
 
 def answer_all(backbone: Any, images: Sequence[Any], questions: Sequence[str], batch_size: int,
-               max_new_tokens: int = 32, progress: Progress = no_progress, label: str = "answer") -> list[str]:
-    """Greedy answers in batches of `batch_size`; a backbone returning the wrong count is a bug, said so."""
+               max_new_tokens: int = 32, progress: Progress = no_progress, label: str = "answer",
+               store: Path | None = None, ids: Sequence[str] | None = None) -> list[str]:
+    """Greedy answers in batches of `batch_size`; a backbone returning the wrong count is a bug, said so.
+
+    With `store` (a JSONL file) the answers are written as they come, a rerun answers only what is
+    missing, and under torchrun the ranks share the questions (`ShardedJsonl`). A row is keyed by the
+    item's id (default: its index; pass stable ids when the list can differ between runs) and its
+    question."""
+    if store is None:
+        return _answer_batches(backbone, images, questions, range(len(questions)), batch_size, max_new_tokens,
+                               progress(label, len(questions)))
+    from unirl_kit.sharded import ShardedJsonl
+
+    names = [str(i) for i in range(len(questions))] if ids is None else list(ids)
+    keys = [f"{n}|{q}" for n, q in zip(names, questions, strict=True)]
+    where = {k: i for i, k in enumerate(keys)}
+    if len(where) != len(keys):
+        raise RuntimeError(f"{label}: two questions share an id and a question")
     advance = progress(label, len(questions))
+
+    def rows_for(batch: list[str]) -> list[dict[str, str]]:
+        got = _answer_batches(backbone, images, questions, [where[k] for k in batch], len(batch), max_new_tokens,
+                              advance)
+        return [{"key": k, "answer": a} for k, a in zip(batch, got, strict=True)]
+
+    store.parent.mkdir(parents=True, exist_ok=True)
+    rows = ShardedJsonl(store, "key", {"key": str, "answer": str}).run_everywhere(
+        keys, lambda k: k, rows_for, batch_size, timeout_s=3600, stage="eval.understanding", label=label,
+        show_progress=False, unit="answers")
+    return [r["answer"] for r in rows]
+
+
+def _answer_batches(backbone: Any, images: Sequence[Any], questions: Sequence[str], rows: Sequence[int],
+                    batch_size: int, max_new_tokens: int, advance: Callable[[int], None]) -> list[str]:
     out: list[str] = []
-    for start in range(0, len(questions), batch_size):
-        ims, qs = images[start:start + batch_size], questions[start:start + batch_size]
-        answers = backbone.answer(list(ims), list(qs), max_new_tokens=max_new_tokens, greedy=True)
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start:start + batch_size]
+        ims, qs = [images[i] for i in chunk], [questions[i] for i in chunk]
+        answers = backbone.answer(ims, qs, max_new_tokens=max_new_tokens, greedy=True)
         if len(answers) != len(qs):
             raise RuntimeError(f"backbone returned {len(answers)} answers for {len(qs)} questions")
         out.extend(answers)

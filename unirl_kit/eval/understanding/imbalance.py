@@ -13,6 +13,7 @@ was asked for rather than what is shown, which is the sense of "the model unders
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, Literal
 
 from unirl_kit.eval.understanding.common import Progress, judged_images, no_progress
@@ -55,11 +56,11 @@ def imbalance(gen_right: dict[str, bool], und_right: dict[str, bool]) -> dict[st
 def imbalance_protocol(backbone: Any, images_dir: str | None, geneval_results: str | None,
                        gen_rule: Rule = "majority", und_rule: Rule = "majority", batch_size: int = 32,
                        max_new_tokens: int = 32, progress: Progress = no_progress,
-                       cache: dict[str, str] | None = None) -> dict[str, Any]:
+                       cache: dict[str, str] | None = None, store: Path | None = None) -> dict[str, Any]:
     """Answer every image of the folder (reusing `cache`), then compare per-prompt verdicts."""
     judged = judged_images(images_dir, geneval_results, "protocol imbalance")
     cache = {} if cache is None else cache
-    ensure_answers(backbone, str(images_dir), judged, cache, batch_size, max_new_tokens, progress)
+    ensure_answers(backbone, str(images_dir), judged, cache, batch_size, max_new_tokens, progress, store)
     rows = graded_rows(judged, cache)
     gen: dict[str, list[bool]] = {}
     und: dict[str, list[bool]] = {}

@@ -11,8 +11,10 @@ imbalance        per prompt: generation right vs understanding right (imbalance.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -39,10 +41,17 @@ class Context:
     max_new_tokens: int = 32
     progress: Progress = no_progress
     self_answers: dict[str, str] = field(default_factory=dict)  # image rel -> answer, geneval_correct + imbalance
+    answers_dir: Path | None = None  # the running protocol's answer files (set per protocol by the runner)
+
+    def store(self, label: str) -> Path | None:
+        """Where the answers asked under `label` are kept as they come, so a killed run resumes them."""
+        if self.answers_dir is None:
+            return None
+        return self.answers_dir / (re.sub(r"[^a-z0-9]+", "_", label.lower()).strip("_") + ".jsonl")
 
     def answerer(self, backbone: Any, label: str) -> Callable[[Any, list[str]], list[str]]:
         return lambda images, questions: answer_all(backbone, images, questions, self.batch_size,
-                                                    self.max_new_tokens, self.progress, label)
+                                                    self.max_new_tokens, self.progress, label, self.store(label))
 
 
 Task = Callable[[Any, Context], dict[str, Any]]
@@ -73,7 +82,7 @@ def _plan_geneval_correct(cfg: Any) -> Task:
 
     judged_images(cfg.images_dir, cfg.geneval_results, "protocol geneval_correct")
     return lambda bb, ctx: geneval_correct(bb, cfg.images_dir, cfg.geneval_results, ctx.batch_size,
-                                           ctx.max_new_tokens, ctx.progress, ctx.self_answers)
+                                           ctx.max_new_tokens, ctx.progress, ctx.self_answers, ctx.store("self QA"))
 
 
 def _plan_imbalance(cfg: Any) -> Task:
@@ -82,7 +91,7 @@ def _plan_imbalance(cfg: Any) -> Task:
     judged_images(cfg.images_dir, cfg.geneval_results, "protocol imbalance")
     return lambda bb, ctx: imbalance_protocol(bb, cfg.images_dir, cfg.geneval_results, cfg.imbalance.gen_rule,
                                               cfg.imbalance.und_rule, ctx.batch_size, ctx.max_new_tokens,
-                                              ctx.progress, ctx.self_answers)
+                                              ctx.progress, ctx.self_answers, ctx.store("self QA"))
 
 
 def _plan_clean(cfg: Any) -> Task:
@@ -93,7 +102,7 @@ def _plan_clean(cfg: Any) -> Task:
 
     def task(bb: Any, ctx: Context) -> dict[str, Any]:
         result = clean_render_accuracy(bb, cfg.per_tag, cfg.seed, cfg.world, ctx.batch_size, ctx.max_new_tokens,
-                                       ctx.progress)
+                                       ctx.progress, ctx.store("clean QA"))
         rows = result.pop("rows")
         result["overall_credit"] = float(np.mean(list(result["credit"].values())))
         return {"metrics": result, "rows": rows}

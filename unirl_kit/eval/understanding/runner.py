@@ -3,6 +3,8 @@
 Each finished protocol is saved as OUT/protocol_NAME.json with the fingerprint of what decides its
 numbers (model, inputs and their contents, protocol options); a rerun skips those whose fingerprint
 matches and refuses to mix in results made otherwise. The backbone loads only when something is left.
+Inside a protocol, answers are kept as they come in OUT/answers/ (`answer_all` over `ShardedJsonl`), so a
+kill loses at most a batch and torchrun ranks share the questions.
 Outputs: summary.json (every protocol's metrics), summary.md (tables), rows.jsonl (per item, with a
 `protocol` field), config.yaml and versions.json.
 """
@@ -111,6 +113,13 @@ def fingerprint(cfg: UnderstandingConfig, name: str, stamp: str | None) -> dict[
     return fp
 
 
+def answers_dir(out: Path, name: str, fp: dict[str, Any]) -> Path:
+    """OUT/answers/NAME-HASH/: the protocol's answers as they come (resumable, shared by torchrun ranks),
+    named by its fingerprint, so answers of another model or input are never reused."""
+    digest = hashlib.sha256(json.dumps(fp, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    return out / "answers" / f"{name}-{digest}"
+
+
 def _finished(out: Path, name: str, fp: dict[str, Any]) -> dict[str, Any] | None:
     """The saved result of a protocol run with this fingerprint; an error for one run otherwise."""
     path = out / f"protocol_{name}.json"
@@ -157,6 +166,7 @@ def run_understanding(cfg: UnderstandingConfig, backbone: Any = None) -> dict[st
             ctx.self_answers.update((r["image"], r["answer"]) for r in results["geneval_correct"]["rows"])
         for name in todo:
             t0 = time.perf_counter()
+            ctx.answers_dir = answers_dir(out, name, fps[name])
             result = tasks[name](backbone, ctx)
             results[name] = {"protocol": name, "fingerprint": fps[name], "seconds": round(time.perf_counter() - t0, 2),
                              **result}

@@ -9,6 +9,7 @@ graded share. `overall` is the unweighted mean over tags, as GenEval averages it
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from unirl_kit.eval.understanding.common import (
@@ -26,13 +27,15 @@ from unirl_kit.types import GENEVAL_TAGS
 
 
 def ensure_answers(backbone: Any, images_dir: str, judged: Sequence[JudgedImage], cache: dict[str, str],
-                   batch_size: int, max_new_tokens: int = 32, progress: Progress = no_progress) -> None:
-    """Answer the images not yet in `cache` (keyed by rel path), so protocols sharing images ask once."""
+                   batch_size: int, max_new_tokens: int = 32, progress: Progress = no_progress,
+                   store: Path | None = None) -> None:
+    """Answer the images not yet in `cache` (keyed by rel path), so protocols sharing images ask once;
+    `store`: answers kept as they come, by image path (see `answer_all`)."""
     todo = [j for j in judged if j.item.rel not in cache]
     if not todo:
         return
     answers = answer_all(backbone, load_images(images_dir, todo), [question_and_truth(j.item.spec)[0] for j in todo],
-                         batch_size, max_new_tokens, progress, "self QA")
+                         batch_size, max_new_tokens, progress, "self QA", store, [j.item.rel for j in todo])
     cache.update((j.item.rel, a) for j, a in zip(todo, answers, strict=True))
 
 
@@ -67,12 +70,12 @@ def per_tag_metrics(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 def geneval_correct(backbone: Any, images_dir: str | None, geneval_results: str | None, batch_size: int = 32,
                     max_new_tokens: int = 32, progress: Progress = no_progress,
-                    cache: dict[str, str] | None = None) -> dict[str, Any]:
+                    cache: dict[str, str] | None = None, store: Path | None = None) -> dict[str, Any]:
     """UniRL's understanding score on the detector-approved images of a generated folder."""
     judged = judged_images(images_dir, geneval_results, "protocol geneval_correct")
     chosen = [j for j in judged if j.gen_correct]
     cache = {} if cache is None else cache
-    ensure_answers(backbone, str(images_dir), chosen, cache, batch_size, max_new_tokens, progress)
+    ensure_answers(backbone, str(images_dir), chosen, cache, batch_size, max_new_tokens, progress, store)
     rows = graded_rows(chosen, cache)
     metrics = {**per_tag_metrics(rows), "images": len(judged), "images_judged_correct": len(chosen)}
     return {"metrics": metrics, "rows": rows}
