@@ -36,3 +36,17 @@ def test_ddp_matches_fsdp_on_the_joint_target_and_one_process_with_lora_or_check
         assert _worst(_final(tmp_path / a), _final(tmp_path / b)) < TOL, (a, b)
     ddp = _metrics(tmp_path / "joint-ddp")
     assert ddp[1]["kl/und"] > 0 and ddp[1]["kl/gen"] > 0  # both halves trained, each with its reference
+
+
+def test_sft_und_and_e2e_two_ddp_processes_match_one(model_dir, prompts, tmp_path):
+    """SFT's und (answer NLL, vision and LM) and e2e (through the straight-through image) modes: the same
+    losses and weights from 2 DDP ranks as from 1 process."""
+    modes = {"und": {"mode": "und"}, "e2e": {"mode": "e2e"}}
+    for name, over in modes.items():
+        _train("sft", _cfg("sft", model_dir, prompts, tmp_path / f"{name}-one", over))
+    m, p = str(model_dir), str(prompts)
+    _spawn([("sft", m, p, str(tmp_path / f"{name}-two"), over, False) for name, over in modes.items()])
+    for name in modes:
+        one, two = _metrics(tmp_path / f"{name}-one"), _metrics(tmp_path / f"{name}-two")
+        assert [r["loss/sft"] for r in one] == [pytest.approx(r["loss/sft"], rel=1e-5) for r in two], name
+        assert _worst(_final(tmp_path / f"{name}-one"), _final(tmp_path / f"{name}-two")) < TOL, name
