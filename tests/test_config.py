@@ -3,6 +3,7 @@ plugin option checks, and the same errors through the `unirl` CLI."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -289,6 +290,29 @@ def test_a_literal_field_built_in_python_is_checked_with_its_dotted_key() -> Non
     check_ranges(GRPOConfig(prompts="p.jsonl"))  # the defaults are words of their vocabularies
 
 
+@pytest.mark.parametrize(("cls", "item", "message"), [
+    ("unirl_kit.training.config:GRPOConfig", "backbone.bf16=yes", "backbone.bf16: 'yes' is not one of auto, true, false"),
+    ("unirl_kit.loop.config:LoopConfig", "train=rl", "train: 'rl' is not one of grpo, sft, both, raft"),
+    ("unirl_kit.prompts.cmd:PromptsConfig", "question_style=mine", "question_style: 'mine' is not one of named, unirl"),
+])
+def test_every_mode_is_a_literal_checked_at_load(cls, item, message) -> None:
+    """A misspelt mode fails at load, naming the key and the words it takes (bf16=yes once turned
+    autocast off without a word)."""
+    from unirl_kit.registry import load_target
+
+    with pytest.raises(InputError, match=re.escape(message)):
+        load_config(load_target(cls), None, {}, [item])
+
+
+def test_the_loop_refuses_to_run_under_torchrun(monkeypatch) -> None:
+    from unirl_kit.loop.config import LoopConfig, check_loop
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    with pytest.raises(InputError, match="unirl loop runs in one process"):
+        check_loop(LoopConfig())
+
+
 # ---------------------------------------------------------------- one backbone/sampling shape (issue 19)
 
 
@@ -351,3 +375,19 @@ def test_greedy_sampling_is_refused_only_where_a_group_would_tie() -> None:
     check_ranges(GenerateConfig(sampling=SamplingConfig(temperature=0.0)))  # generate: 0 = greedy
     msg = error_of(check_ranges, GRPOConfig(prompts="p", sampling=SamplingConfig(temperature=0.0)))
     assert msg.startswith("sampling.temperature: must be > 0")
+
+
+@pytest.mark.parametrize("stage", [["train", "grpo"], ["train", "sft"], ["loop"]])
+def test_train_and_loop_take_the_backbone_shortcuts(stage, tmp_path) -> None:
+    """`--backbone` / `--model` mean backbone.name / backbone.model in the trainers and the loop too."""
+    from typer.testing import CliRunner
+
+    from unirl_kit.cli import app
+
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"tag": "single_object", "include": [{"class": "square", "count": 1}], '
+                       '"prompt": "a photo of a square"}\n')
+    out = "out" if stage == ["loop"] else "run.out"
+    got = CliRunner().invoke(app, [*stage, "--backbone", "janus", "--model", str(tmp_path / "none"),
+                                   f"prompts={prompts}" if stage != ["loop"] else "rounds=1", f"{out}={tmp_path / 'o'}"])
+    assert got.exit_code == 2 and f"--model {tmp_path / 'none'}: no such folder" in got.output, got.output

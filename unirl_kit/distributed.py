@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -65,11 +66,17 @@ def wait_for_ranks(markers: list[Path], timeout_s: float, what: str) -> None:
                            "did a rank crash? rerun with the same arguments to resume") from exc
 
 
-def wait_for_rank0(marker: Path, timeout_s: float, what: str) -> None:
-    """Ranks > 0 wait until rank 0 has done something all need (it touched `marker` first): a barrier
-    of the process group when one exists (every rank calls), else the marker is polled."""
-    dist = _process_group()
-    if dist is not None:
+def wait_for_rank0(timeout_s: float, what: str, done: Callable[[], bool]) -> None:
+    """Ranks > 0 wait until rank 0 has done something all need: a barrier of the process group when one
+    exists (every rank calls, rank 0 once it is done), else ranks > 0 poll `done()`."""
+    if _process_group() is not None:
         wait_for_ranks([], timeout_s, what)
-    elif rank_and_world()[0] != 0:
-        wait_for_files([marker], timeout_s, what)
+        return
+    if rank_and_world()[0] == 0:
+        return
+    deadline = time.monotonic() + timeout_s
+    while not done():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"waited {timeout_s:.0f}s for {what}; did rank 0 crash? rerun with the same "
+                               "arguments to resume")
+        time.sleep(0.2)

@@ -109,23 +109,20 @@ class ShardedJsonl(Generic[T]):
                        rows_for: Callable[[list[T]], list[Row]], batch_size: int, *, timeout_s: float, stage: str,
                        label: str, show_progress: bool = True, unit: str = "items") -> list[Row]:
         """`run`, then every rank reads the merged rows (a stage whose next step needs all of them on
-        every rank, e.g. the understanding protocols grading answers). Rank 0 marks the merge with
-        OUT.merged, kept: OUT never loses a row of these items, so a mark left by an earlier complete
-        run is still true."""
+        every rank, e.g. the understanding protocols grading answers): a barrier of the process group
+        after rank 0's merge when one exists, else ranks > 0 read OUT (written atomically by rank 0)
+        until it holds every item."""
         rows = self.run(items, item_key, rows_for, batch_size, timeout_s=timeout_s, stage=stage, label=label,
                         show_progress=show_progress, unit=unit)
-        merged = self.out.with_name(f"{self.out.name}.merged")
         if self.world == 1:
             return rows or []
-        if self.rank == 0:
-            merged.touch()
-        wait_for_rank0(merged, timeout_s, f"rank 0 to merge {self.out.name}")
-        if rows is not None:
-            return rows
-        rows = self._ordered(self._open(self.out).rows, items, item_key)  # read only: rank 0 owns OUT
-        if len(rows) != len(items):
-            raise InputError(f"{self.out}: rank 0 merged {len(rows)} of {len(items)} {unit}; rerun the same command")
-        return rows
+        wait_for_rank0(timeout_s, f"rank 0 to merge {self.out.name}",
+                       done=lambda: len(self._read_ordered(items, item_key)) == len(items))
+        return rows if rows is not None else self._read_ordered(items, item_key)
+
+    def _read_ordered(self, items: Sequence[T], item_key: Callable[[T], Any]) -> list[Row]:
+        """OUT's rows of `items` in their order, read only (rank 0 owns OUT)."""
+        return self._ordered(self._open(self.out).rows, items, item_key) if self.out.exists() else []
 
     def _map(self, items: Sequence[T], item_key: Callable[[T], Any], rows_for: Callable[[list[T]], list[Row]],
              batch_size: int, stage: str, label: str, show_progress: bool, unit: str) -> None:

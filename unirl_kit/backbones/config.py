@@ -8,7 +8,7 @@ model through the one `build_backbone`. No torch import here: configs resolve be
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from unirl_kit.types import InputError
 
@@ -31,7 +31,7 @@ class BackboneConfig:
     device: str = "auto"  # auto: this rank's GPU if any, else cpu
     dtype: str = "float32"  # auto: bfloat16 on GPU, float32 on CPU; trainers keep float32 (bf16 autocast is `bf16`)
     # training only (TRAINING_ONLY): refused by the inference stages, which would silently ignore them
-    bf16: str = "auto"  # autocast: auto = on for CUDA, off on CPU
+    bf16: Literal["auto", "true", "false"] = "auto"  # autocast: auto = on for CUDA, off on CPU
     gradient_checkpointing: bool = False
     # Shard weights, gradients and AdamW state over the processes (FSDP2) instead of one full replica
     # per rank; needs >= 2 processes and full fine-tuning (see check_fsdp and training/fsdp.py)

@@ -6,7 +6,15 @@ from pathlib import Path
 
 import typer
 
-from unirl_kit.cli.common import CONFIG_OPTION, OVERRIDES_ARG, resolve, split_positional, user_errors
+from unirl_kit.cli.common import (
+    BACKBONE_OPTION,
+    CONFIG_OPTION,
+    MODEL_OPTION,
+    OVERRIDES_ARG,
+    resolve,
+    split_positional,
+    user_errors,
+)
 
 app = typer.Typer(help="Evaluate images (GenEval) and understanding.", no_args_is_help=True)
 
@@ -53,9 +61,8 @@ def understanding(
     images_dir: Path | None = typer.Option(None, help="generated images (GenEval layout, from `unirl generate`)"),
     geneval_results: Path | None = typer.Option(None, help="their results.jsonl (or folder) from `unirl eval geneval`"),
     vqa: Path | None = typer.Option(None, help="VQA JSONL: image, question, answers[, type] per line"),
-    backbone: str | None = typer.Option(None, help="backbone.name: the backbone plugin (default: tiny-shapes); see "
-                                                   "`unirl plugins`"),
-    model: str | None = typer.Option(None, help="backbone.model: model folder or hub id (default: the backbone's own)"),
+    backbone: str | None = BACKBONE_OPTION,
+    model: str | None = MODEL_OPTION,
     out: Path | None = typer.Option(None, help="output folder: summary.json, summary.md, rows.jsonl"),
     device: str | None = typer.Option(None, help="backbone.device: auto, cpu, cuda, cuda:N (default: auto)"),
     batch_size: int | None = typer.Option(None, help="questions per answer call (default: 32)"),

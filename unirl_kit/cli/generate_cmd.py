@@ -7,14 +7,19 @@ from pathlib import Path
 
 import typer
 
-from unirl_kit.cli.common import CONFIG_OPTION, OVERRIDES_ARG, resolve, user_errors
+from unirl_kit.cli.common import (
+    BACKBONE_OPTION,
+    CONFIG_OPTION,
+    MODEL_OPTION,
+    OVERRIDES_ARG,
+    resolve,
+    user_errors,
+)
 
 
 def generate(
-    backbone: str | None = typer.Option(None, help="backbone.name: the backbone plugin (default: tiny-shapes); see "
-                                                   "`unirl plugins`"),
-    model: str | None = typer.Option(None, help="backbone.model: model folder (HF format) or hub id (default: the "
-                                                "backbone's own)"),
+    backbone: str | None = BACKBONE_OPTION,
+    model: str | None = MODEL_OPTION,
     prompts: Path | None = typer.Option(None, help="GenEval metadata JSONL, `unirl prompts` output, or text (one a line)"),
     group_size: int | None = typer.Option(None, help="images per prompt (default: 4)"),
     out: Path | None = typer.Option(None, help="output folder (GenEval layout + tokens.safetensors + grid.png)"),

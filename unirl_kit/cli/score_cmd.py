@@ -6,7 +6,15 @@ from pathlib import Path
 
 import typer
 
-from unirl_kit.cli.common import CONFIG_OPTION, OVERRIDES_ARG, resolve, split_positional, user_errors
+from unirl_kit.cli.common import (
+    BACKBONE_OPTION,
+    CONFIG_OPTION,
+    MODEL_OPTION,
+    OVERRIDES_ARG,
+    resolve,
+    split_positional,
+    user_errors,
+)
 
 
 def score(
@@ -14,8 +22,8 @@ def score(
     reward: list[str] | None = typer.Option(
         None, "--reward", "-r", show_default=False,
         help="NAME, NAME:WEIGHT or module:function[:WEIGHT], repeatable (default: self-qa); see `unirl plugins`"),
-    backbone: str | None = typer.Option(None, help="backbone.name: for rewards that need one (default: tiny-shapes)"),
-    model: str | None = typer.Option(None, help="backbone.model: model folder or hub id (default: the backbone's own)"),
+    backbone: str | None = BACKBONE_OPTION,  # for rewards that need one
+    model: str | None = MODEL_OPTION,
     out: Path | None = typer.Option(None, help="scores file (default: SAMPLES_DIR/scores.jsonl)"),
     batch_size: int | None = typer.Option(None, help="images per reward call (default: 32)"),
     config: Path | None = CONFIG_OPTION,

@@ -6,7 +6,7 @@ from typing import Any
 
 import typer
 
-from unirl_kit.cli.common import user_errors
+from unirl_kit.cli.common import BACKBONE_OPTION, MODEL_OPTION, user_errors
 
 app = typer.Typer(help="Serve a reward over HTTP (for the `remote` reward).", no_args_is_help=True)
 
@@ -20,8 +20,8 @@ def reward(
     host: str = typer.Option("127.0.0.1", help="address to bind; anything but loopback is reachable "
                                                "by others and there is no authentication"),
     port: int = typer.Option(8000, help="port to listen on"),
-    backbone: str | None = typer.Option(None, help="backbone.name: for rewards that need one (e.g. self-qa)"),
-    model: str | None = typer.Option(None, help="backbone.model: its model folder or hub id (default: its own)"),
+    backbone: str | None = BACKBONE_OPTION,  # for rewards that need one (e.g. self-qa)
+    model: str | None = MODEL_OPTION,
     device: str | None = typer.Option(None, help="backbone.device: auto, cpu, cuda, cuda:1, ... (default: auto)"),
     options: list[str] | None = typer.Argument(None, help=_OPTIONS_HELP, show_default=False),
 ) -> None:

@@ -7,51 +7,64 @@ from pathlib import Path
 
 import typer
 
-from unirl_kit.cli.common import CONFIG_OPTION, OVERRIDES_ARG, resolve, user_errors
+from unirl_kit.cli.common import (
+    BACKBONE_OPTION,
+    CONFIG_OPTION,
+    MODEL_OPTION,
+    OVERRIDES_ARG,
+    resolve,
+    user_errors,
+)
 
 app = typer.Typer(help="Post-train a backbone: UniRL's GRPO and SFT.", no_args_is_help=True)
 RESUME = typer.Option(False, "--resume", help="continue from the last checkpoint in run.out, exactly")
 
 
 @app.command("grpo")
-def grpo(config: Path | None = CONFIG_OPTION, resume: bool = RESUME, overrides: list[str] | None = OVERRIDES_ARG) -> None:
+def grpo(config: Path | None = CONFIG_OPTION, resume: bool = RESUME, backbone: str | None = BACKBONE_OPTION,
+         model: str | None = MODEL_OPTION, overrides: list[str] | None = OVERRIDES_ARG) -> None:
     """GRPO on generated images (target gen), on answers (und), or both (joint).
 
     Settings in overrides: prompts_per_step=4 group_size=4 beta=0.0 loss_type=grpo target=gen
     rewards=[self-qa,geneval:0.5] optim.lr=1e-5 lora.enabled=true run.steps=100 run.out=DIR ...
     Under torchrun / accelerate launch, each rank takes prompts_per_step / N whole groups.
     """
-    _grpo(config, resume, overrides)
+    _grpo(config, resume, _shortcuts(backbone, model), overrides)
 
 
 @user_errors
-def _grpo(config, resume, overrides) -> None:
+def _grpo(config, resume, shortcuts, overrides) -> None:
     from unirl_kit.training.config import GRPOConfig
     from unirl_kit.training.grpo import run_grpo
 
-    cfg = resolve(GRPOConfig, config, {}, overrides or [])
+    cfg = resolve(GRPOConfig, config, shortcuts, overrides or [])
     summary = run_grpo(cfg, resume=resume)
     typer.echo(json.dumps({k: v for k, v in summary.items() if k != "last"}))
 
 
 @app.command("sft")
-def sft(config: Path | None = CONFIG_OPTION, resume: bool = RESUME, overrides: list[str] | None = OVERRIDES_ARG) -> None:
+def sft(config: Path | None = CONFIG_OPTION, resume: bool = RESUME, backbone: str | None = BACKBONE_OPTION,
+        model: str | None = MODEL_OPTION, overrides: list[str] | None = OVERRIDES_ARG) -> None:
     """UniRL SFT on the model's own images: mode und, e2e (straight-through Gumbel) or gen-rs.
 
     Settings in overrides: mode=und prompts_per_step=4 group_size=4 threshold=1.0 (gen-rs)
     gumbel_tau=1.0 (e2e) rewards=[self-qa] optim.lr=1e-5 lora.enabled=true run.steps=100 run.out=DIR ...
     """
-    _sft(config, resume, overrides)
+    _sft(config, resume, _shortcuts(backbone, model), overrides)
 
 
 @user_errors
-def _sft(config, resume, overrides) -> None:
+def _sft(config, resume, shortcuts, overrides) -> None:
     from unirl_kit.training.config import SFTConfig
     from unirl_kit.training.sft import run_sft
 
-    cfg = resolve(SFTConfig, config, {}, overrides or [])
+    cfg = resolve(SFTConfig, config, shortcuts, overrides or [])
     summary = run_sft(cfg, resume=resume)
     typer.echo(json.dumps({k: v for k, v in summary.items() if k != "last"}))
+
+
+def _shortcuts(backbone: str | None, model: str | None) -> dict[str, str | None]:
+    return {"backbone.name": backbone, "backbone.model": model}
 
 
 def register(root: typer.Typer) -> None:

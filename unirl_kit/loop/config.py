@@ -5,9 +5,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from unirl_kit.backbones.config import BackboneConfig, SamplingConfig
 from unirl_kit.config import check_ranges, load_config
+from unirl_kit.distributed import rank_and_world
 from unirl_kit.tracking import DEFAULT_REPORT_TO, as_list, check_report_to
 from unirl_kit.training.config import GRPOConfig, SFTConfig
 from unirl_kit.types import GENEVAL_TAGS, InputError
@@ -19,7 +21,7 @@ class LoopConfig:
     rounds: int = 1
     seed: int = 0
     world: str = "shapes"
-    train: str = "grpo"  # grpo | sft | both (SFT, then GRPO from its result) | raft (offline self-RAFT, sft_config)
+    train: Literal["grpo", "sft", "both", "raft"] = "grpo"  # both: SFT, then GRPO from its result; raft: offline self-RAFT (sft_config)
     train_prompts: str | None = None  # default: drawn here, n_train prompts with train_shares per tag
     # share per tag of the drawn training prompts; held out from the eval set where a tag's prompts allow,
     # else the eval set's own prompts of that tag with other image seeds (the report names those tags).
@@ -61,8 +63,9 @@ def check_loop(cfg: LoopConfig) -> None:
         raise InputError(f"report_to: {cfg.report_to} leaves out jsonl, which the loop's report reads (each round's "
                          "train/metrics.jsonl); keep it, e.g. report_to=[jsonl,wandb]")
     _check_detector(cfg)
-    if cfg.train not in ("grpo", "sft", "both", "raft"):
-        raise InputError(f"train: {cfg.train!r} is not one of grpo, sft, both, raft")
+    if rank_and_world()[1] > 1:
+        raise InputError("unirl loop runs in one process (its stages share one model and one folder); under "
+                         "torchrun run the stages themselves: generate, eval geneval, score, train grpo|sft")
     if cfg.train in ("grpo", "both"):
         _check_trainer(GRPOConfig, cfg.grpo_config, cfg.grpo_overrides, "grpo")
     if cfg.train != "grpo":

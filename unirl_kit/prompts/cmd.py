@@ -8,7 +8,7 @@ from pathlib import Path
 from unirl_kit.config import check_ranges, write_run_info
 from unirl_kit.locking import make_output_file_folder
 from unirl_kit.prompts.generate import generate_prompts, generate_training_prompts
-from unirl_kit.prompts.qa import check_style
+from unirl_kit.prompts.qa import QuestionStyle, check_style
 from unirl_kit.prompts.schema import read_prompts, write_prompts
 from unirl_kit.types import InputError, PromptSpec
 
@@ -22,7 +22,7 @@ class PromptsConfig:
     # a share per tag (weights, e.g. {position: 2, counting: 1}) for a training set: each tag gets its share,
     # held out from `exclude` where the tag's prompts allow, else reusing exclude's own (see generate_training_prompts)
     shares: dict[str, float] | None = None
-    question_style: str = "named"  # unirl: the authors' wording (no question names an object); see prompts/qa.py
+    question_style: QuestionStyle = "named"  # unirl: the authors' wording (no question names an object); see prompts/qa.py
     out: str = ""
 
 

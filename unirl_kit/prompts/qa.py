@@ -11,9 +11,12 @@ The graded credit (`prompts/answers.py`) is the same for both: right objects, co
 
 from __future__ import annotations
 
+from typing import Literal
+
 from unirl_kit.prompts.language import NUMBER_WORDS, make_plural, with_article
 from unirl_kit.types import InputError, PromptSpec
 
+QuestionStyle = Literal["named", "unirl"]  # the keys of QUESTION_STYLES
 QUESTION_STYLES: dict[str, dict[str, str]] = {
     "named": {
         "single_object": "What is the main item in this image?",

@@ -110,6 +110,9 @@ def check_grpo(cfg: GRPOConfig, world: int = 1) -> None:
     if cfg.dynamic_sampling and cfg.target != "gen":
         raise InputError(f"dynamic_sampling: drops groups whose image rewards tie, so it needs target gen, "
                          f"got {cfg.target}")
+    if cfg.dynamic_sampling and cfg.backbone.fsdp:  # each draw gathers the shards: a collective per draw
+        raise InputError("dynamic_sampling: each rank redraws as often as its own groups tie, which FSDP's "
+                         "gathers cannot follow; drop backbone.fsdp (or dynamic_sampling)")
     check_fsdp(cfg.backbone, cfg.lora, world)
     check_report_to(cfg.run.report_to, "run.report_to")
 

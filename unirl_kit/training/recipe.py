@@ -177,6 +177,7 @@ def finish(run: TrainingRun, last: dict[str, Any]) -> dict[str, Any]:
                "final": str(final) if final else None, "last": last}
     if run.rank == 0:
         (run.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    _barrier(run.world)  # no rank returns (and loads final/, as a next stage may) before rank 0 wrote it
     return summary
 
 

@@ -26,6 +26,7 @@ from unirl_kit.backbones.config import (
     inference_backbone,
 )
 from unirl_kit.config import check_ranges, to_dict, write_run_info
+from unirl_kit.distributed import rank_and_world
 from unirl_kit.eval.understanding.common import results_path
 from unirl_kit.eval.understanding.protocols import Context, plan
 from unirl_kit.jsonl import read_json, write_atomic
@@ -157,6 +158,7 @@ def run_understanding(cfg: UnderstandingConfig, backbone: Any = None) -> dict[st
     results = {name: _finished(out, name, fps[name]) for name in tasks}
     lock_output(out)
     todo = [name for name in tasks if results[name] is None]
+    writer = rank_and_world()[0] == 0  # one writer of the output files
     if todo and backbone is None:
         backbone = build_backbone(cfg.backbone)
     with Progress("eval.understanding", cfg.progress) as progress:
@@ -170,14 +172,17 @@ def run_understanding(cfg: UnderstandingConfig, backbone: Any = None) -> dict[st
             result = tasks[name](backbone, ctx)
             results[name] = {"protocol": name, "fingerprint": fps[name], "seconds": round(time.perf_counter() - t0, 2),
                              **result}
-            write_atomic(out / f"protocol_{name}.json", json.dumps(results[name]) + "\n")
+            if writer:
+                write_atomic(out / f"protocol_{name}.json", json.dumps(results[name]) + "\n")
     from unirl_kit.eval.understanding.report import to_markdown
 
+    summary = {"backbone": cfg.backbone.name, "model": cfg.backbone.model, "protocols": {n: results[n]["metrics"] for n in tasks},
+               "seconds": {n: results[n].get("seconds") for n in tasks}}
+    if not writer:  # under torchrun every rank computed the same results (the answers are shared)
+        return summary
     # Written with the summary it describes, not before: resuming goes by each protocol's fingerprint,
     # and a run that fails (a bad VQA image, a bad model) leaves the folder's config.yaml as it was.
     write_run_info(out, cfg, "eval understanding")
-    summary = {"backbone": cfg.backbone.name, "model": cfg.backbone.model, "protocols": {n: results[n]["metrics"] for n in tasks},
-               "seconds": {n: results[n].get("seconds") for n in tasks}}
     write_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     write_atomic(out / "summary.md", to_markdown(summary))
     write_atomic(out / "rows.jsonl", "".join(json.dumps({"protocol": n, **r}) + "\n"
