@@ -1,8 +1,8 @@
 """One sharded, resumable JSONL map: every item to one JSON row, written as it goes, merged in item order.
 
-`eval geneval` (results.jsonl) and `score` (scores.jsonl) both turn each image of a folder into one
-row, and both must survive a kill and run under torchrun without torch.distributed. This module owns
-that pattern once, so the two cannot drift apart:
+`eval geneval` (results.jsonl) and `score` (scores.jsonl) turn each image of a folder into one row, and
+`eval understanding` each question into an answer (`run_everywhere`); all must survive a kill and run
+under torchrun without torch.distributed. This module owns that pattern once, so they cannot drift apart:
 
 - resume: rows already in OUT (or in a part an earlier run left) are kept; only missing keys are run;
 - shards: rank r of world runs items r, r + world, ... into OUT.rank{r}.jsonl (OUT's stem) and

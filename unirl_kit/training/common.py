@@ -6,7 +6,6 @@ from __future__ import annotations
 import atexit
 import contextlib
 import copy
-import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,23 +14,24 @@ from typing import Any
 import torch
 
 from unirl_kit.backbones.base import Backbone
+from unirl_kit.distributed import rank_and_world
 from unirl_kit.schedules import warmup_cosine
 from unirl_kit.training.config import BackboneConfig, LoraConfig, OptimConfig, RunConfig
 from unirl_kit.types import InputError
 
 
 def init_processes() -> tuple[int, int]:
-    """(rank, world) under torchrun / accelerate launch (their env vars), else (0, 1); gloo on the CPU."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1:
+    """(rank, world) from the one source (`distributed.rank_and_world`): under torchrun / accelerate
+    launch (their env vars) the trainers need a process group, so one is started (NCCL on GPUs, gloo
+    on the CPU) unless the caller made its own; else (0, 1)."""
+    if rank_and_world()[1] == 1:
         return 0, 1
     import torch.distributed as dist
 
     if not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend=backend)
-        atexit.register(end_processes)  # the group outlives one recipe: the loop trains once per round
-    return dist.get_rank(), dist.get_world_size()
+        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+        atexit.register(end_processes)  # the group outlives one recipe (a script may train twice)
+    return rank_and_world()
 
 
 def end_processes() -> None:

@@ -51,13 +51,9 @@ def run_grpo(cfg: GRPOConfig, resume: bool = False) -> dict[str, Any]:
     """Train `run.steps` steps (continuing from the last checkpoint with resume); returns a summary."""
     with recipe.session(cfg, resume, check=check_grpo, stamp={"config": "train grpo"},
                         wants_rewards=cfg.target in ("gen", "joint"), keep_reference=cfg.beta > 0) as run:
-        row: dict[str, Any] = {}
-        for step in run.steps:
-            row = train_step(run.policy, run.optimizer, run.reward, run.pool, step, cfg, run.rank, run.world)
-            recipe.log_step(run, step, row)
-            if run.checkpoint_due(step):
-                recipe.save_checkpoint(run, step + 1)
-        return recipe.finish(run, row)
+        last = recipe.run_steps(run, lambda step: train_step(run.policy, run.optimizer, run.reward, run.pool, step,
+                                                             cfg, run.rank, run.world))
+        return recipe.finish(run, last)
 
 
 def train_step(policy: Policy, optimizer, reward, pool: list[PromptSpec], step: int, cfg: GRPOConfig,

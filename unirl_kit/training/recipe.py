@@ -1,14 +1,16 @@
 """The parts every training recipe (grpo.py, sft.py) shares, in the order a recipe calls them:
 
-- `session`: `setup` on entry, `cleanup` on exit; `setup`: processes, checks, the prompt pool, the output folder's lock, the policy (and its frozen
-  reference), rewards, optimizer, resume (refusing another recipe's or another run's checkpoints),
-  run info, tracking and the progress line, all in one `TrainingRun`;
-- `log_step`: a step's metrics row to the trackers and the progress line;
-- `save_checkpoint`: weights, optimizer and RNG state at `run.checkpoint_every` and at the end;
+- `session`: `setup` on entry, `cleanup` on exit. `setup`: processes, checks, the prompt pool, the
+  output folder's lock, the policy (and its frozen reference), rewards, optimizer, resume (refusing
+  another recipe's or another run's checkpoints), run info, tracking and the progress line, all in
+  one `TrainingRun`;
+- `run_steps`: the step loop around the recipe's `train_step`, with `log_step` (a step's metrics row to
+  the trackers and the progress line) and `save_checkpoint` (weights, optimizer and RNG state, every
+  `run.checkpoint_every` steps and after the last);
 - `finish`: the final export (`final/`) and `summary.json`;
 - `cleanup`: trackers and progress closed, the model and optimizer let go.
 
-A recipe's own file then holds only its algorithm: the step loop, and one function per step.
+A recipe's own file then holds only its algorithm: `train_step` and one function per step.
 """
 
 from __future__ import annotations
@@ -138,6 +140,18 @@ def _resume(out: Path, cfg: Any, policy: Policy, optimizer: torch.optim.Optimize
         raise InputError(f"run.steps={cfg.run.steps}: {out}/checkpoints already reached step {start}; a resume "
                          f"extends a run, so give run.steps >= {start}")
     return start
+
+
+def run_steps(run: TrainingRun, train_step: Callable[[int], dict[str, Any]]) -> dict[str, Any]:
+    """The step loop: `train_step(step)` (the recipe's algorithm) for each step left, its metrics row
+    logged, a checkpoint when due; returns the last row."""
+    row: dict[str, Any] = {}
+    for step in run.steps:
+        row = train_step(step)
+        log_step(run, step, row)
+        if run.checkpoint_due(step):
+            save_checkpoint(run, step + 1)
+    return row
 
 
 def log_step(run: TrainingRun, step: int, row: dict[str, Any]) -> None:

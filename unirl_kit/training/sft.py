@@ -73,13 +73,9 @@ def run_sft(cfg: SFTConfig, resume: bool = False) -> dict[str, Any]:
     with recipe.session(cfg, resume, check=check_sft, stamp={"config": "train sft", "mode": cfg.mode},
                         wants_rewards=cfg.mode == "gen-rs",  # distill's images were judged by `unirl score`
                         keep_reference=cfg.mode == "dpo", load_pool=OFFLINE_DATA.get(cfg.mode)) as run:
-        row: dict[str, Any] = {}
-        for step in run.steps:
-            row = train_step(run.policy, run.optimizer, run.reward, run.pool, step, cfg, run.rank, run.world)
-            recipe.log_step(run, step, row)
-            if run.checkpoint_due(step):
-                recipe.save_checkpoint(run, step + 1)
-        return recipe.finish(run, row)
+        last = recipe.run_steps(run, lambda step: train_step(run.policy, run.optimizer, run.reward, run.pool, step,
+                                                             cfg, run.rank, run.world))
+        return recipe.finish(run, last)
 
 
 def _kept_images(cfg: SFTConfig) -> list:
