@@ -18,14 +18,14 @@ import json
 import re
 import shutil
 import sys
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from unirl_kit.types import InputError, first_line
@@ -110,10 +110,12 @@ def _encode(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
     raise TypeError(f"checkpoint state: a {type(obj).__name__} cannot be saved without pickle")
 
 
-def read_state(folder: Path) -> dict[str, Any]:
+def read_state(folder: Path, shapes_only: Collection[str] = ()) -> dict[str, Any]:
     """The state saved beside a checkpoint's weights. A pickled state.pt (an older unirl-kit) is refused,
     never unpickled: unpickling runs whatever code the file names. A missing or unreadable state is an
-    `UnreadableCheckpoint`."""
+    `UnreadableCheckpoint`. The tensors under the top-level keys `shapes_only` come back as meta tensors
+    (shape and dtype from the file's header, no data read): for a rank that gets their values another
+    way (FSDP: broadcast from rank 0) but needs the structure around them."""
     folder = Path(folder)
     if not (folder / STATE_JSON).is_file():
         if (folder / PICKLED_STATE).is_file():
@@ -123,13 +125,43 @@ def read_state(folder: Path) -> dict[str, Any]:
         raise UnreadableCheckpoint(f"{folder}: no {STATE_JSON}; not a whole unirl-kit checkpoint")
     try:
         tree = json.loads((folder / STATE_JSON).read_text(encoding="utf-8"))
-        tensors = load_file(folder / STATE_TENSORS)
-        return _decode(tree, tensors, folder)
+        skip = _tensor_names([tree[k] for k in shapes_only if isinstance(tree, dict) and k in tree])
+        return _decode(tree, _read_all_but(folder / STATE_TENSORS, skip), folder)
     except InputError:
         raise
     except (OSError, ValueError, TypeError, KeyError, RecursionError, SafetensorError) as exc:
         raise UnreadableCheckpoint(f"{folder}: unreadable checkpoint state ({type(exc).__name__}: "
                                    f"{first_line(exc)})") from None
+
+
+def _tensor_names(tree: Any) -> set[str]:
+    """The names of the tensors (not arrays) an encoded tree points at."""
+    if isinstance(tree, list):
+        return set().union(*map(_tensor_names, tree))
+    if not isinstance(tree, dict):
+        return set()
+    if len(tree) == 1 and "$tensor" in tree:  # a plain dict with such a key is encoded under "$items"
+        return {tree["$tensor"]}
+    return set().union(*map(_tensor_names, tree.values()))
+
+
+def _read_all_but(path: Path, skip: set[str]) -> dict[str, torch.Tensor]:
+    """Every tensor of a safetensors file, those in `skip` as meta tensors of their saved shape (unread)."""
+    if not skip:
+        return load_file(path)
+    with safe_open(path, "pt") as f:
+        return {k: _unread(f.get_slice(k)) if k in skip else f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+
+
+def _unread(view: Any) -> torch.Tensor:
+    """A stand-in for a tensor not read: its shape and (where torch has it) dtype, no storage."""
+    dtype = _SAFETENSORS_DTYPES.get(view.get_dtype(), torch.uint8)
+    return torch.empty(view.get_shape(), dtype=dtype, device="meta")
+
+
+_SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+                       "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
+                       "U8": torch.uint8, "BOOL": torch.bool}
 
 
 def _decode(tree: Any, tensors: dict[str, torch.Tensor], folder: Path) -> Any:
@@ -192,6 +224,13 @@ def read_checkpoint(folder: Path) -> tuple[dict[str, Any], dict[str, torch.Tenso
     state = read_state(folder)  # first: a refused state.pt fails before the weights are read
     weights = read_tensors(Path(folder) / "model.safetensors", "the checkpoint is torn", UnreadableCheckpoint)
     return state, weights
+
+
+def weight_names(folder: Path) -> list[str]:
+    """The tensor names in a checkpoint's model.safetensors, from its header alone (no tensor is read)."""
+    path = Path(folder) / "model.safetensors"
+    with safetensors_errors(path, "the checkpoint is torn", UnreadableCheckpoint), safe_open(path, "pt") as f:
+        return list(f.keys())  # noqa: SIM118 (a safe_open handle is not a dict)
 
 
 def latest_readable(root: Path) -> tuple[Path, dict[str, Any], dict[str, torch.Tensor]] | None:

@@ -114,8 +114,9 @@ def raft(cfg: LoopConfig, folder: Path, train_prompts: Path, model: str | None, 
     from unirl_kit.training.sft import run_sft
 
     samples, out = folder / "train_samples", folder / "train"
-    sft = load_config(SFTConfig, Path(cfg.sft_config) if cfg.sft_config else None, {**common, "run.out": str(out)},
-                      [*cfg.sft_overrides, "mode=distill", f"samples={samples}"])
+    sft = replace(load_config(SFTConfig, Path(cfg.sft_config) if cfg.sft_config else None,
+                              {**common, "run.out": str(out)}, cfg.sft_overrides),
+                  mode="distill", samples=str(samples))  # what raft is, whatever the SFT config says
     spec = eval_backbone(cfg, model)
     backbone = build_backbone(spec)
     run_generate(GenerateConfig(backbone=spec, sampling=replace(sft.sampling), prompts=str(train_prompts),
