@@ -19,7 +19,11 @@ Three ways in:
 - checkpoints go through `torch.distributed.checkpoint.state_dict` (DCP): `full_weights` /
   `full_optimizer_state` gather (every rank calls, rank 0 gets the tensors) into exactly the files a
   run without FSDP writes, and `load_weights` / `load_optimizer_state` put those full tensors back as
-  this rank's shards. DCP names optimizer state by parameter name, the files by integer id (the
+  this rank's shards: on a resume only rank 0 reads the tensors (`from_rank0=True`) and DCP broadcasts
+  them, each rank keeping its shards, so no other rank holds a full copy of the weights and AdamW state
+  (the other ranks read only the checkpoint's JSON, its small tensors and the weights' names; failures
+  are shared first with `from_rank0` / `all_succeeded`, so no rank waits in a collective a failed rank
+  never makes). DCP names optimizer state by parameter name, the files by integer id (the
   layout of `optimizer.state_dict()`): `names_to_ids` / `ids_to_names` convert, so a checkpoint
   written with or without FSDP resumes either way.
 """
@@ -164,26 +168,70 @@ def full_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, kee
     return names_to_ids(state, optimizer_param_names(model, optimizer))
 
 
-def load_weights(model: nn.Module, weights: dict[str, torch.Tensor]) -> None:
-    """Full tensors (every rank read the files) into a sharded model, each becoming this rank's shard;
-    the parameters `weights` lacks (the frozen VQ) keep their values."""
+def load_weights(model: nn.Module, weights: dict[str, torch.Tensor], from_rank0: bool = False) -> None:
+    """Full tensors into a sharded model, each becoming this rank's shard; the parameters `weights` lacks
+    (the frozen VQ) keep their values. `from_rank0` (every rank calls): only rank 0's `weights` are read
+    (the others may pass {}: they never loaded the file) and DCP broadcasts them one by one."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
-    set_model_state_dict(model, dict(weights),  # DCP adds the model's other entries to the dict it is given
-                         options=StateDictOptions(full_state_dict=True, strict=False))
+    options = StateDictOptions(full_state_dict=True, strict=False, broadcast_from_rank0=from_rank0)
+    given = weights if _holds_tensors(from_rank0) else {}
+    set_model_state_dict(model, dict(given), options=options)  # DCP adds the model's other entries to the dict
 
 
-def load_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+def load_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any],
+                         from_rank0: bool = False) -> None:
     """A full optimizer state in the integer-id layout into an optimizer over sharded parameters, ending
-    exactly as `optimizer.load_state_dict` would on a model without FSDP."""
+    exactly as `optimizer.load_state_dict` would on a model without FSDP. `from_rank0` (every rank calls):
+    DCP broadcasts rank 0's tensors; elsewhere only the structure of `state` is used (its param groups and
+    which ids have state, the same on every rank), so its tensors may be shape-only stand-ins."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
-    names = optimizer_param_names(model, optimizer)
+    by_name = ids_to_names(state, optimizer_param_names(model, optimizer))  # checked on every rank alike
     # strict=False: a parameter that never had a gradient (the understanding head in a generation-only
     # run) has no state in the file
-    set_optimizer_state_dict(model, optimizer, ids_to_names(state, names),
-                             options=StateDictOptions(full_state_dict=True, strict=False))
+    options = StateDictOptions(full_state_dict=True, strict=False, broadcast_from_rank0=from_rank0)
+    set_optimizer_state_dict(model, optimizer, by_name if _holds_tensors(from_rank0) else {}, options=options)
     _as_plain_load(optimizer, state)
+
+
+def _holds_tensors(from_rank0: bool) -> bool:
+    """Whether this rank's state dict is the one DCP loads: every rank's, or with `from_rank0` rank 0's
+    alone (the others must pass {}, to receive)."""
+    return not from_rank0 or torch.distributed.get_rank() == 0
+
+
+def from_rank0(value: Any, error: Exception | None) -> Any:
+    """Rank 0's `value` on every rank (every rank calls; pickled, so small things only). When rank 0
+    failed (`error`) every rank raises instead of going on to collectives rank 0 will never make: rank 0
+    its own error, the others its message (an InputError for an InputError)."""
+    box = [(value, _describe(error))]
+    torch.distributed.broadcast_object_list(box, src=0)
+    value, failure = box[0]
+    _raise(error, failure)
+    return value
+
+
+def all_succeeded(error: Exception | None) -> None:
+    """Every rank calls, with what failed on it (None: nothing): if any rank failed, every rank raises
+    (its own error, else the first failed rank's message), so none waits for a rank that gave up."""
+    failures: list[tuple[bool, str] | None] = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(failures, _describe(error))
+    _raise(error, next((f for f in failures if f is not None), None))
+
+
+def _describe(error: Exception | None) -> tuple[bool, str] | None:
+    """What another rank needs to raise the same: whether it is an InputError (the user's to fix), its text."""
+    return None if error is None else (isinstance(error, InputError), f"{type(error).__name__}: {error}"
+                                       if not isinstance(error, InputError) else str(error))
+
+
+def _raise(error: Exception | None, failure: tuple[bool, str] | None) -> None:
+    if error is not None:
+        raise error
+    if failure is not None:
+        is_input, message = failure
+        raise InputError(message) if is_input else RuntimeError(f"another rank failed: {message}")
 
 
 def _as_plain_load(optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
