@@ -4,10 +4,13 @@ checkpoints in the same layout, exact resume, and the settings FSDP refuses."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
+from collections.abc import Iterator
 from pathlib import Path
+from unittest import mock
 
 import pytest
 import torch
@@ -98,11 +101,60 @@ def _rank_main(rank: int, world: int, port: int, jobs: list[tuple]) -> None:
     torch.set_num_threads(1)
     try:
         for recipe, model, prompt_file, out, over, resume in jobs:
-            _train(recipe, _cfg(recipe, Path(model), Path(prompt_file), Path(out), over), resume)
+            with _recording_reads(Path(out), rank) if resume else contextlib.nullcontext():
+                _train(recipe, _cfg(recipe, Path(model), Path(prompt_file), Path(out), over), resume)
     finally:
         from unirl_kit.training.common import end_processes
 
         end_processes()
+
+
+@contextlib.contextmanager
+def _recording_reads(out: Path, rank: int) -> Iterator[None]:
+    """Inside a rank's resume: which checkpoint tensors this rank read (whole files through `load_file`,
+    single tensors through `safe_open`) and whether the optimizer state it got holds read tensors or
+    shape-only stand-ins, written to <out>-resume-rank<rank>.json for the test to check."""
+    import unirl_kit.checkpoint as checkpoint
+    import unirl_kit.training.recipe as recipe
+
+    record: dict[str, list] = {"whole": [], "single": [], "optimizer": []}
+    load_file, safe_open, load_train_state = checkpoint.load_file, checkpoint.safe_open, recipe.load_train_state
+
+    def whole(path, *args, **kwargs):
+        record["whole"].append(Path(path).name)
+        return load_file(path, *args, **kwargs)
+
+    @contextlib.contextmanager
+    def single(path, *args, **kwargs):
+        with safe_open(path, *args, **kwargs) as f:
+            get = f.get_tensor
+            yield mock.Mock(keys=f.keys, get_slice=f.get_slice,
+                            get_tensor=lambda k: record["single"].append([Path(path).name, k]) or get(k))
+
+    def resumed(*args, **kwargs):
+        state = load_train_state(*args, **kwargs)
+        record["optimizer"] = sorted({"meta" if v.is_meta else "read" for entry in state["optimizer"]["state"].values()
+                                      for v in entry.values() if isinstance(v, torch.Tensor)})
+        return state
+
+    with (mock.patch.object(checkpoint, "load_file", whole), mock.patch.object(checkpoint, "safe_open", single),
+          mock.patch.object(recipe, "load_train_state", resumed)):
+        yield
+    (out.parent / f"{out.name}-resume-rank{rank}.json").write_text(json.dumps(record))
+
+
+def _check_only_rank0_read_tensors(out: Path) -> None:
+    """Rank 0 read the weights and optimizer state whole; rank 1 not one of those tensors (just the small
+    ones beside them: the RNG state), and its optimizer state is shape-only (DCP broadcast it the data)."""
+    from unirl_kit.checkpoint import STATE_JSON, _tensor_names
+
+    rank0, rank1 = (json.loads((out.parent / f"{out.name}-resume-rank{r}.json").read_text()) for r in (0, 1))
+    assert sorted(rank0["whole"]) == ["model.safetensors", "state.safetensors"] and rank0["optimizer"] == ["read"]
+    assert rank1["whole"] == [] and rank1["optimizer"] == ["meta"]
+    tree = json.loads((out / "checkpoints" / "step-0000002" / STATE_JSON).read_text())
+    optimizer_tensors = _tensor_names(tree["optimizer"])
+    assert optimizer_tensors and rank1["single"]
+    assert all(f == "state.safetensors" and k not in optimizer_tensors for f, k in rank1["single"])
 
 
 def _spawn(jobs: list[tuple]) -> None:
@@ -205,6 +257,8 @@ def test_sft_gen_rs_two_fsdp_processes_match_one_process_and_resume(model_dir, p
     plain = _checkpoint(tmp_path / "mixed", 2)[1]["optimizer"]
     assert mixed["param_groups"] == plain["param_groups"] == o4["param_groups"]
     assert list(mixed["state"]) == list(plain["state"])
+    for name in ("two", "mixed"):
+        _check_only_rank0_read_tensors(tmp_path / name)
     print(f"sft gen-rs: worst step-2 weight difference {worst:.2e}")
 
 
@@ -301,3 +355,60 @@ def test_optimizer_state_converts_between_integer_ids_and_names_without_processe
     assert _same_state(resumed.state_dict(), plain)
     with pytest.raises(InputError, match="sizes"):
         ids_to_names(plain, [["lora_b"], ["unused", "lora_a"]])
+
+
+class _Blocks(torch.nn.Module):
+    """The least `fsdp.shard` takes: a `layers` list of blocks and a root parameter."""
+
+    def __init__(self, head: str = "head"):
+        super().__init__()
+        self.layers = torch.nn.ModuleList([torch.nn.Linear(4, 4) for _ in range(2)])
+        self.add_module(head, torch.nn.Linear(4, 2))
+
+
+def _refused_resume_main(rank: int, world: int, port: int, root: str) -> None:
+    """One rank resuming from a checkpoint of another model: what it raised, written to root/rank<rank>."""
+    import torch.distributed as dist
+
+    from unirl_kit.training import fsdp
+    from unirl_kit.training.state import load_train_state
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        model = _Blocks()
+        fsdp.shard(model, torch.device("cpu"), world)
+        try:
+            load_train_state(Path(root), model, torch.optim.AdamW(model.parameters()))
+            outcome = "loaded"
+        except InputError as exc:
+            outcome = f"InputError: {exc}"
+        (Path(root) / f"rank{rank}").write_text(outcome)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_a_refused_checkpoint_stops_every_fsdp_rank(tmp_path):
+    """Only rank 0 reads the weights, so only it can find names this model lacks; rank 1 (which would
+    otherwise wait in DCP's broadcast forever) raises the same InputError, naming the checkpoint."""
+    import torch.multiprocessing as mp
+
+    from unirl_kit.training.state import save_train_state
+
+    other = _Blocks(head="other_head")
+    save_train_state(tmp_path, 1, dict(other.named_parameters()), torch.optim.AdamW(other.parameters()), {}, keep=2)
+    ctx = mp.start_processes(_refused_resume_main, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=False)
+    try:
+        for _ in range(120):  # seconds; a hang fails the test instead of blocking it
+            if ctx.join(timeout=1):
+                break
+        else:
+            pytest.fail("a rank hung after rank 0 refused the checkpoint")
+    finally:
+        for p in ctx.processes:
+            if p.is_alive():
+                p.kill()
+    for rank in (0, 1):
+        outcome = (tmp_path / f"rank{rank}").read_text()
+        assert outcome.startswith("InputError: ") and "other_head" in outcome and "step-0000001" in outcome, outcome

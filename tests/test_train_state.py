@@ -22,6 +22,7 @@ from unirl_kit.checkpoint import (
     read_state,
     save_checkpoint,
     save_state,
+    weight_names,
 )
 from unirl_kit.training.state import load_train_state, rng_state, save_train_state, set_rng_state
 from unirl_kit.types import InputError
@@ -80,6 +81,22 @@ def test_state_round_trips_exactly(tmp_path):
     set_rng_state(back["rng"])  # the generators as they were when saved: the same draws again
     again = (random.random(), float(np.random.rand()), torch.rand(3))
     assert drawn[:2] == again[:2] and torch.equal(drawn[2], again[2])
+
+
+def test_a_state_read_shape_only_skips_those_tensors(tmp_path):
+    """What an FSDP rank other than 0 reads on a resume: the optimizer's tensors as meta stand-ins of
+    their saved shape and dtype (no data), everything else (the RNG state) whole; the weights' names
+    from the header alone."""
+    model, optimizer = _trained_optimizer()
+    folder = save_train_state(tmp_path, 1, dict(model.named_parameters()), optimizer, {}, keep=2)
+    full, light = read_state(folder), read_state(folder, shapes_only=("optimizer",))
+    assert _same({k: v for k, v in light.items() if k != "optimizer"}, {k: v for k, v in full.items() if k != "optimizer"})
+    assert light["optimizer"]["param_groups"] == full["optimizer"]["param_groups"]
+    for i, entry in full["optimizer"]["state"].items():
+        for key, value in entry.items():
+            stand_in = light["optimizer"]["state"][i][key]
+            assert stand_in.is_meta and stand_in.shape == value.shape and stand_in.dtype == value.dtype
+    assert sorted(weight_names(folder)) == ["bias", "weight"]
 
 
 def test_train_state_resumes_the_optimizer(tmp_path):

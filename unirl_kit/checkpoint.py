@@ -150,7 +150,7 @@ def _read_all_but(path: Path, skip: set[str]) -> dict[str, torch.Tensor]:
     if not skip:
         return load_file(path)
     with safe_open(path, "pt") as f:
-        return {k: _unread(f.get_slice(k)) if k in skip else f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+        return {k: _unread(f.get_slice(k)) if k in skip else f.get_tensor(k) for k in f.keys()}
 
 
 def _unread(view: Any) -> torch.Tensor:
@@ -230,7 +230,7 @@ def weight_names(folder: Path) -> list[str]:
     """The tensor names in a checkpoint's model.safetensors, from its header alone (no tensor is read)."""
     path = Path(folder) / "model.safetensors"
     with safetensors_errors(path, "the checkpoint is torn", UnreadableCheckpoint), safe_open(path, "pt") as f:
-        return list(f.keys())  # noqa: SIM118 (a safe_open handle is not a dict)
+        return list(f.keys())
 
 
 def latest_readable(root: Path) -> tuple[Path, dict[str, Any], dict[str, torch.Tensor]] | None:

@@ -222,11 +222,15 @@ def all_succeeded(error: Exception | None) -> None:
 
 def _describe(error: Exception | None) -> tuple[bool, str] | None:
     """What another rank needs to raise the same: whether it is an InputError (the user's to fix), its text."""
-    return None if error is None else (isinstance(error, InputError), f"{type(error).__name__}: {error}"
-                                       if not isinstance(error, InputError) else str(error))
+    if error is None:
+        return None
+    if isinstance(error, InputError):
+        return True, str(error)
+    return False, f"{type(error).__name__}: {error}"
 
 
 def _raise(error: Exception | None, failure: tuple[bool, str] | None) -> None:
+    """This rank's own error first (its traceback intact), else another rank's as described."""
     if error is not None:
         raise error
     if failure is not None:

@@ -5,13 +5,14 @@ beside them (safetensors + JSON, never a pickle), written atomically (see unirl_
 from __future__ import annotations
 
 import random
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from unirl_kit.checkpoint import latest_readable, save_checkpoint
+from unirl_kit.checkpoint import latest_readable, read_state, save_checkpoint, weight_names
 from unirl_kit.types import InputError
 
 
@@ -44,25 +45,66 @@ def save_train_state(root: Path, step: int, weights: dict[str, torch.Tensor], op
 def load_train_state(root: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any] | None:
     """Restore the latest readable checkpoint under `root` (a torn newest one is skipped with a warning)
     into model/optimizer/RNG; None when there is none.
-    A model sharded with FSDP takes the same files: each rank keeps its shards of the full tensors."""
+    A model sharded with FSDP takes the same files: each rank keeps its shards of the full tensors,
+    which only rank 0 reads (see `_load_sharded`)."""
     from unirl_kit.training import fsdp
 
+    if fsdp.is_sharded(model):
+        return _load_sharded(root, model, optimizer)
     found = latest_readable(root)  # read whole first: a refused or torn checkpoint never touches the model
     if found is None:
         return None
     ckpt, state, weights = found
     params = dict(model.named_parameters())
-    unknown = [k for k in weights if k not in params]
+    _check_names(ckpt, weights, model)
+    with torch.no_grad():  # no collective, so this needs no process group
+        for k, v in weights.items():
+            params[k].copy_(v)
+    optimizer.load_state_dict(state["optimizer"])
+    set_rng_state(state["rng"])
+    return state
+
+
+def _check_names(ckpt: Path, names: Iterable[str], model: torch.nn.Module) -> None:
+    """Weights this model lacks mean another config wrote the checkpoint: refused before anything loads."""
+    params = dict(model.named_parameters())
+    unknown = [k for k in names if k not in params]
     if unknown:
         raise InputError(f"{ckpt}: weights {unknown[:3]} are not in this model; was it written by another "
                          "config (lora.enabled, backbone)? use a new run.out")
-    if fsdp.is_sharded(model):
-        fsdp.load_weights(model, weights)
-        fsdp.load_optimizer_state(model, optimizer, state["optimizer"])
-    else:  # no collective, so this needs no process group
-        with torch.no_grad():
-            for k, v in weights.items():
-                params[k].copy_(v)
-        optimizer.load_state_dict(state["optimizer"])
+
+
+def _load_sharded(root: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any] | None:
+    """Under FSDP (every rank calls) rank 0 alone reads the weights and optimizer state whole and DCP
+    broadcasts each rank its shards: no rank but 0 ever holds a full copy. Rank 0 picks the checkpoint
+    (a torn one skipped) and tells the others, which read its JSON state with the small tensors (RNG,
+    as saved by rank 0 and applied on every rank, as without FSDP) and the weights' names, so every rank
+    runs the same checks and returns the same state (its optimizer tensors shape-only off rank 0). A
+    failure on any rank is shared before the next collective, so every rank raises and none hangs."""
+    import torch.distributed as dist
+
+    from unirl_kit.training import fsdp
+
+    rank0, found, error = dist.get_rank() == 0, None, None
+    if rank0:
+        try:
+            found = latest_readable(root)
+            if found is not None:
+                _check_names(found[0], found[2], model)
+        except Exception as exc:  # raised again, on every rank, by from_rank0
+            error = exc
+    folder = fsdp.from_rank0(None if found is None else str(found[0]), error)
+    if folder is None:
+        return None
+    state, weights = (found[1], found[2]) if found is not None else ({}, {})
+    if not rank0:
+        try:
+            state = read_state(Path(folder), shapes_only=("optimizer",))
+            _check_names(Path(folder), weight_names(Path(folder)), model)
+        except Exception as exc:  # raised again, on every rank, by all_succeeded
+            error = exc
+    fsdp.all_succeeded(error)
+    fsdp.load_weights(model, weights, from_rank0=True)
+    fsdp.load_optimizer_state(model, optimizer, state["optimizer"], from_rank0=True)
     set_rng_state(state["rng"])
     return state
