@@ -15,6 +15,7 @@ from unittest import mock
 import pytest
 import torch
 from safetensors.torch import load_file
+from test_train_state import _same
 
 from unirl_kit.checkpoint import read_state
 from unirl_kit.rewards.base import RewardOutput
@@ -253,7 +254,7 @@ def test_sft_gen_rs_two_fsdp_processes_match_one_process_and_resume(model_dir, p
     # without a gradient, betas a tuple); after a plain run's files, their layout (plain data parallel
     # gives every parameter a gradient, zero where unused, so there every one has state)
     o4, resumed, mixed = (_checkpoint(tmp_path / n, 4)[1]["optimizer"] for n in ("straight", "two", "mixed"))
-    assert _same_state(resumed, o4)
+    assert _same(resumed, o4)
     plain = _checkpoint(tmp_path / "mixed", 2)[1]["optimizer"]
     assert mixed["param_groups"] == plain["param_groups"] == o4["param_groups"]
     assert list(mixed["state"]) == list(plain["state"])
@@ -306,16 +307,6 @@ def _adapters_optimizer(model: _LoraLike) -> torch.optim.Optimizer:
                               {"params": [model.lora_a]}], lr=1e-2, betas=(0.9, 0.99))
 
 
-def _same_state(a, b) -> bool:
-    if isinstance(a, torch.Tensor):
-        return isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)
-    if isinstance(a, dict):
-        return isinstance(b, dict) and list(a) == list(b) and all(_same_state(a[k], b[k]) for k in a)
-    if isinstance(a, (list, tuple)):
-        return type(a) is type(b) and len(a) == len(b) and all(map(_same_state, a, b))
-    return type(a) is type(b) and a == b
-
-
 def test_optimizer_state_converts_between_integer_ids_and_names_without_processes():
     """The checkpoint layout (integer ids) <-> DCP's (parameter names) for an optimizer over a subset of
     the parameters in two groups: the same names DCP gives, a lossless round trip, and DCP's own save
@@ -344,15 +335,15 @@ def test_optimizer_state_converts_between_integer_ids_and_names_without_processe
     assert sorted(plain["state"]) == [0, 2]  # `unused` (id 1) never had a gradient
     by_name = ids_to_names(plain, names)
     assert by_name["param_groups"][0]["params"] == ["lora_b", "unused"] and list(by_name["state"]) == ["lora_b", "lora_a"]
-    assert _same_state(by_name, get_optimizer_state_dict(model, optimizer))
-    assert _same_state(names_to_ids(by_name, names), plain)
-    assert _same_state(full_optimizer_state(model, optimizer, keep=True), plain)
+    assert _same(by_name, get_optimizer_state_dict(model, optimizer))
+    assert _same(names_to_ids(by_name, names), plain)
+    assert _same(full_optimizer_state(model, optimizer, keep=True), plain)
     assert full_optimizer_state(model, optimizer, keep=False) == {}
 
     fresh = _LoraLike()
     resumed = _adapters_optimizer(fresh)
     load_optimizer_state(fresh, resumed, plain)
-    assert _same_state(resumed.state_dict(), plain)
+    assert _same(resumed.state_dict(), plain)
     with pytest.raises(InputError, match="sizes"):
         ids_to_names(plain, [["lora_b"], ["unused", "lora_a"]])
 

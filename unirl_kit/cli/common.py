@@ -15,11 +15,6 @@ T = TypeVar("T")
 
 CONFIG_OPTION = typer.Option(None, "--config", "-c", help="YAML config file (see configs/).")
 OVERRIDES_ARG = typer.Argument(None, help="Overrides like key=value or a.b=value.", show_default=False)
-# the same two shortcuts in every stage that loads a model
-BACKBONE_OPTION = typer.Option(None, "--backbone", help="backbone.name: the backbone plugin (default: tiny-shapes); "
-                                                        "see `unirl plugins`")
-MODEL_OPTION = typer.Option(None, "--model", help="backbone.model: model folder (HF format), LoRA adapter folder or "
-                                                  "hub id (default: the backbone's own)")
 
 
 def fail(message: str, code: int = 2) -> NoReturn:

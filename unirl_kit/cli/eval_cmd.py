@@ -6,15 +6,8 @@ from pathlib import Path
 
 import typer
 
-from unirl_kit.cli.common import (
-    BACKBONE_OPTION,
-    CONFIG_OPTION,
-    MODEL_OPTION,
-    OVERRIDES_ARG,
-    resolve,
-    split_positional,
-    user_errors,
-)
+from unirl_kit.cli.common import CONFIG_OPTION, OVERRIDES_ARG, resolve, split_positional, user_errors
+from unirl_kit.cli.options import BACKBONE_OPTION, MODEL_OPTION
 
 app = typer.Typer(help="Evaluate images (GenEval) and understanding.", no_args_is_help=True)
 

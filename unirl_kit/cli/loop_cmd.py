@@ -7,14 +7,8 @@ from pathlib import Path
 
 import typer
 
-from unirl_kit.cli.common import (
-    BACKBONE_OPTION,
-    CONFIG_OPTION,
-    MODEL_OPTION,
-    OVERRIDES_ARG,
-    resolve,
-    user_errors,
-)
+from unirl_kit.cli.common import CONFIG_OPTION, OVERRIDES_ARG, resolve, user_errors
+from unirl_kit.cli.options import BACKBONE_OPTION, MODEL_OPTION
 
 
 def loop(config: Path | None = CONFIG_OPTION, backbone: str | None = BACKBONE_OPTION, model: str | None = MODEL_OPTION,

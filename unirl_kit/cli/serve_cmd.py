@@ -6,7 +6,8 @@ from typing import Any
 
 import typer
 
-from unirl_kit.cli.common import BACKBONE_OPTION, MODEL_OPTION, user_errors
+from unirl_kit.cli.common import user_errors
+from unirl_kit.cli.options import BACKBONE_OPTION, MODEL_OPTION
 
 app = typer.Typer(help="Serve a reward over HTTP (for the `remote` reward).", no_args_is_help=True)
 

@@ -7,14 +7,8 @@ from pathlib import Path
 
 import typer
 
-from unirl_kit.cli.common import (
-    BACKBONE_OPTION,
-    CONFIG_OPTION,
-    MODEL_OPTION,
-    OVERRIDES_ARG,
-    resolve,
-    user_errors,
-)
+from unirl_kit.cli.common import CONFIG_OPTION, OVERRIDES_ARG, resolve, user_errors
+from unirl_kit.cli.options import BACKBONE_OPTION, MODEL_OPTION
 
 app = typer.Typer(help="Post-train a backbone: UniRL's GRPO and SFT.", no_args_is_help=True)
 RESUME = typer.Option(False, "--resume", help="continue from the last checkpoint in run.out, exactly")
