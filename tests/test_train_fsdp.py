@@ -361,23 +361,28 @@ def _refused_resume_main(rank: int, world: int, port: int, root: str) -> None:
     """One rank resuming from a checkpoint of another model: what it raised, written to root/rank<rank>."""
     import torch.distributed as dist
 
-    from unirl_kit.training import fsdp
-    from unirl_kit.training.state import load_train_state
+    from unirl_kit.training.common import end_processes
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
-        model = _Blocks()
-        fsdp.shard(model, torch.device("cpu"), world)
-        try:
-            load_train_state(Path(root), model, torch.optim.AdamW(model.parameters()))
-            outcome = "loaded"
-        except InputError as exc:
-            outcome = f"InputError: {exc}"
-        (Path(root) / f"rank{rank}").write_text(outcome)
+        (Path(root) / f"rank{rank}").write_text(_resume_outcome(Path(root), world))
     finally:
-        dist.destroy_process_group()
+        end_processes()  # the sharded model is garbage by now: freed before the group goes
+
+
+def _resume_outcome(root: Path, world: int) -> str:
+    from unirl_kit.training import fsdp
+    from unirl_kit.training.state import load_train_state
+
+    model = _Blocks()
+    fsdp.shard(model, torch.device("cpu"), world)
+    try:
+        load_train_state(root, model, torch.optim.AdamW(model.parameters()))
+        return "loaded"
+    except InputError as exc:
+        return f"InputError: {exc}"
 
 
 def test_a_refused_checkpoint_stops_every_fsdp_rank(tmp_path):
