@@ -719,3 +719,13 @@ def test_a_corrupt_row_in_the_middle_of_results_is_not_dropped(results_with_a_co
 def test_a_corrupt_row_in_the_middle_of_results_is_a_one_line_error(results_with_a_corrupt_middle_row):
     images, out, _ = results_with_a_corrupt_middle_row
     assert_one_line_error(unirl("eval", "geneval", images, "--out", out), f"{out / 'results.jsonl'}:4")
+
+
+def test_a_resume_spelling_the_images_folder_otherwise_says_how(shapes_images, tmp_path, monkeypatch):
+    """results.jsonl names each image by the images_dir as given, so the same folder spelt otherwise
+    cannot be mixed in; the message says which spelling resumes."""
+    out = tmp_path / "out"
+    monkeypatch.chdir(shapes_images.parent)
+    assert unirl("eval", "geneval", shapes_images.name, "--out", out).exit_code == 0
+    got = unirl("eval", "geneval", shapes_images, "--out", out)
+    assert got.exit_code == 2 and f"give IMAGES_DIR as '{shapes_images.name}' from where it ran" in got.output

@@ -81,3 +81,28 @@ def test_saved_config_json_values_compare_as_saved(tmp_path, prompts):
                 f"backbone.options={json.dumps({'timesteps': 8})}")
     write_run_info(tmp_path, cfg, "train grpo")
     check_same_run(tmp_path, cfg, "train grpo")
+
+
+def test_a_path_spelled_otherwise_is_the_same_run(tmp_path, prompts, monkeypatch):
+    """The prompts file given relative to another working directory, or absolute, is the same setting."""
+    write_run_info(tmp_path, _grpo(tmp_path, prompts), "train grpo")
+    monkeypatch.chdir(prompts.parent.parent)
+    check_same_run(tmp_path, _grpo(tmp_path, Path(prompts.parent.name) / prompts.name), "train grpo")
+    other = tmp_path / "other.jsonl"
+    other.write_bytes(prompts.read_bytes())
+    with pytest.raises(InputError, match="prompts: "):  # a copy is another file
+        check_same_run(tmp_path, _grpo(tmp_path, other), "train grpo")
+
+
+def test_a_prompts_file_rewritten_in_place_is_refused_on_resume(tmp_path, prompts):
+    from unirl_kit.training.recipe import INPUTS, check_same_inputs, input_digests
+
+    mine = tmp_path / "p.jsonl"
+    mine.write_bytes(prompts.read_bytes())
+    cfg = _grpo(tmp_path, mine)
+    (tmp_path / INPUTS).write_text(json.dumps(input_digests(cfg)))
+    check_same_inputs(tmp_path, cfg, resuming=True)
+    mine.write_text(mine.read_text().splitlines()[0] + "\n")  # same path, other prompts
+    with pytest.raises(InputError, match=r"its run read another prompts \(sha256 [0-9a-f]{12}\.\.\., now"):
+        check_same_inputs(tmp_path, cfg, resuming=True)
+    check_same_inputs(tmp_path, cfg, resuming=False)  # a fresh run into an empty folder checks nothing

@@ -453,3 +453,17 @@ def test_cli_shortcuts_set_backbone_name_and_model(samples, tmp_path, monkeypatc
     assert [(c.name, c.model, c.options, c.device, c.dtype) for c in seen] == [("janus", "M", {"k": "1"}, "cpu", "auto")]
     result = cli("score", samples, "-r", "test-backbone", "--out", tmp_path / "t.jsonl", "backbone.fsdp=true")
     assert result.exit_code == 2 and "backbone.fsdp: a training setting; score does not use it" in result.stderr
+
+
+def test_a_rescore_with_other_rewards_names_the_rewards(tmp_path):
+    """The refusal names every differing setting, the rewards first (not the backbone a user never set)."""
+    from unirl_kit.scoring.run import _check_same_rewards
+
+    out = tmp_path / "scores.jsonl"
+    out.write_text('{"image": "x"}\n')
+    old = {"rewards": {"self-qa": 1.0}, "reward_options": {}, "backbone": "tiny-shapes", "model": None,
+           "backbone_options": {}}
+    (tmp_path / "scores.rewards.json").write_text(json.dumps(old))
+    with pytest.raises(InputError, match=r"other settings \(rewards: \{'self-qa': 1.0\} -> \{'geneval': 0.5\}; "
+                                         r"backbone: 'tiny-shapes' -> '\(absent\)'"):
+        _check_same_rewards(out, {"rewards": {"geneval": 0.5}, "reward_options": {}})

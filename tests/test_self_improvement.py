@@ -12,6 +12,7 @@ import torch
 
 from unirl_kit.rewards.base import RewardOutput
 from unirl_kit.testing.rewards import LowTokens, register_test_rewards
+from unirl_kit.types import InputError
 
 
 class Constant:
@@ -243,3 +244,19 @@ def test_raft_settings_fail_before_loading(prompts, tmp_path, over, message):
 
     with pytest.raises(InputError, match=message):
         run_sft(_load(SFTConfig, tmp_path / "no-model", prompts, tmp_path / "bad", **over))
+
+
+def test_distill_refuses_a_folder_judged_by_another_reward(tmp_path):
+    """The judge that scored the folder is the one the run's config (and model card) names, or it stops."""
+    from unirl_kit.training.distill_data import check_judge, load_kept
+
+    header = {"rewards": {"self-qa": 1.0}, "reward_options": {}, "backbone": "tiny-shapes", "model": None}
+    (tmp_path / "scores.rewards.json").write_text(json.dumps(header))
+    check_judge(tmp_path, ["self-qa"], {})
+    with pytest.raises(InputError, match=r"judged otherwise than the config says \(rewards: scored with "
+                                         r"\{'self-qa': 1.0\}, config \{'self-ensemble': 1.0\}\)"):
+        check_judge(tmp_path, ["self-ensemble"], {})
+    with pytest.raises(InputError, match="reward_options"):
+        check_judge(tmp_path, ["self-qa"], {"self-qa": {"judge": "reference"}})
+    with pytest.raises(InputError, match=r"nodir: not a folder; give samples="):
+        load_kept(tmp_path / "nodir", 1, None)

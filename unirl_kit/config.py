@@ -512,12 +512,25 @@ def check_same_run(out_dir: Path, config: Any, command: str, unresolved: tuple[s
     allowed = (*RESUME_MAY_CHANGE[command.split()[0]], *unresolved)
     missing = object()
     changed = [k for k in sorted(saved.keys() | now.keys())
-               if saved.get(k, missing) != now.get(k, missing) and not _under(k, allowed)]
+               if not same_setting(saved.get(k, missing), now.get(k, missing)) and not _under(k, allowed)]
     if changed:
         shown = "; ".join(f"{k}: {_short(saved.get(k, '(absent)'))} -> {_short(now.get(k, '(absent)'))}"
                           for k in changed)
         raise InputError(f"{out_dir}: holds a run made with other settings ({shown}); resume with the settings "
                          f"of {saved_path}, or use another output folder")
+
+
+def same_setting(old: Any, new: Any) -> bool:
+    """Equal, or two spellings of one existing file or folder (`p.jsonl` from its folder, the absolute
+    path from elsewhere): a resume from another working directory is the same run."""
+    if old == new:
+        return True
+    if not (isinstance(old, str) and isinstance(new, str)) or not Path(new).exists():
+        return False
+    try:
+        return Path(old).resolve() == Path(new).resolve() or Path(old).samefile(new)
+    except OSError:  # `old` names nothing here (another machine, a moved folder)
+        return False
 
 
 def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:

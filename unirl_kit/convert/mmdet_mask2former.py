@@ -8,7 +8,6 @@ anything else is an `InputError` that names the keys (the mapping: `mask2former_
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import pickle
@@ -20,6 +19,7 @@ from typing import Any
 import torch
 
 from unirl_kit.convert import mask2former_keys as keys
+from unirl_kit.jsonl import sha256_file
 from unirl_kit.types import InputError
 
 # mmdet's test-time pipeline for this model (its config and GenEval's): keep-ratio resize into
@@ -121,7 +121,7 @@ def convert_checkpoint(checkpoint: str | Path, out: str | Path, trust_pickle: bo
     (out_dir / "preprocessor_config.json").write_text(json.dumps(preprocessor_config(conv.config.num_labels),
                                                                  indent=2) + "\n")
     source = Path(checkpoint).expanduser()
-    record = {"source": source.name, "sha256": _sha256(source), "mmdet_layout": conv.layout,
+    record = {"source": source.name, "sha256": sha256_file(source), "mmdet_layout": conv.layout,
               "source_keys": len(state), "unused_source_keys": len(conv.unused),
               "mmdet_version": meta.get("mmdet_version"), "test_scale": list(TEST_SCALE),
               "size_divisor": SIZE_DIVISOR, "mapping": "docs/mmdet_conversion.md"}
@@ -235,9 +235,3 @@ def _named(what: str, names: list[str], limit: int = 5) -> str:
     return f"{len(names)} {what}: {', '.join(sorted(names)[:limit])}{more}"
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()

@@ -103,10 +103,11 @@ def _check_same_rewards(out: Path, fp: dict[str, Any]) -> None:
         raise InputError(f"{exc}; use a new --out, or delete {out} to start over") from None
     if not isinstance(old, dict):
         raise InputError(f"{header}: expected a JSON object; use a new --out, or delete {out} to start over")
-    for key in sorted(set(old) | set(fp)):
-        if old.get(key) != fp.get(key):
-            raise InputError(f"{out}: holds scores made with {key}={old.get(key)!r}, not {fp.get(key)!r}; "
-                             "use a new --out (or delete it to start over)")
+    changed = [k for k in [*fp, *(k for k in old if k not in fp)] if old.get(k) != fp.get(k)]  # rewards first
+    if changed:
+        shown = "; ".join(f"{k}: {old.get(k, '(absent)')!r} -> {fp.get(k, '(absent)')!r}" for k in changed)
+        raise InputError(f"{out}: holds scores made with other settings ({shown}); use a new --out (or delete "
+                         "it to start over)")
 
 
 def with_question(spec: PromptSpec) -> PromptSpec:

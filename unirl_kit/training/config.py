@@ -154,7 +154,7 @@ class SFTConfig:
     # gen-rs: the NLL of kept images under the distribution they were sampled from (guided: the CFG mix, so
     # sampling with guidance afterwards does not extrapolate twice) or the conditional branch alone
     logprob: LogProb = "guided"
-    rewards: list[str] = field(default_factory=lambda: ["self-qa"])  # gen-rs only
+    rewards: list[str] = field(default_factory=lambda: ["self-qa"])  # gen-rs: the filter; distill, dpo: the judge that scored `samples` (checked)
     reward_options: dict = field(default_factory=dict)
     gumbel_tau: float = 1.0  # e2e: Gumbel-softmax temperature
     # gen-rs / distill: each image token's NLL weighted by (1 - p)^focus, p the token's probability under the

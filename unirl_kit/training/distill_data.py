@@ -31,7 +31,29 @@ class KeptImage:
     tokens: torch.Tensor  # [T] int64
 
 
+def check_judge(samples: Path, rewards: list[str], reward_options: dict) -> None:
+    """The folder was scored by the judge the config names (`rewards`, `reward_options`): the weights
+    and model card of a distill / dpo run say which judge chose its images, so that must be true."""
+    from unirl_kit.config import to_dict
+    from unirl_kit.jsonl import read_json
+    from unirl_kit.rewards.base import parse_reward_spec
+
+    header = samples / "scores.rewards.json"
+    if not header.is_file():
+        return  # scores written before the header existed: nothing to compare
+    judged = read_json(header)
+    named = {"rewards": dict(map(parse_reward_spec, rewards)), "reward_options": to_dict(reward_options)}
+    differ = [k for k in named if not isinstance(judged, dict) or judged.get(k) != named[k]]
+    if differ:
+        shown = "; ".join(f"{k}: scored with {judged.get(k) if isinstance(judged, dict) else None!r}, "
+                          f"config {named[k]!r}" for k in differ)
+        raise InputError(f"{samples}/scores.jsonl was judged otherwise than the config says ({shown}); set "
+                         "rewards / reward_options to the judge that scored it, or score the folder with them")
+
+
 def _score_rows(path: Path) -> dict[int, list[dict]]:
+    if not path.parent.is_dir():
+        raise InputError(f"{path.parent}: not a folder; give samples= a `unirl generate` folder scored by `unirl score`")
     if not path.is_file():
         raise InputError(f"{path}: no scores; run `unirl score {path.parent}` with the judge first")
     groups: dict[int, list[dict]] = {}

@@ -30,6 +30,7 @@ from unirl_kit.backbones.base import resolve_cfg_scale
 from unirl_kit.backbones.loading import no_transformers_bars
 from unirl_kit.checkpoint import latest_checkpoint
 from unirl_kit.config import check_same_run, to_dict, write_run_info
+from unirl_kit.jsonl import read_json, sha256_file, write_atomic
 from unirl_kit.locking import lock_output
 from unirl_kit.progress import Progress
 from unirl_kit.tracking import Tracker
@@ -87,6 +88,7 @@ def setup(cfg: Any, resume: bool, *, check: Callable[[Any, int], None], stamp: d
     unresolved = ("sampling.cfg_scale",) if cfg.sampling.cfg_scale is None else ()
     if resuming:  # the same run or none, before the model loads
         check_same_run(out, cfg, stamp["config"], unresolved)
+    check_same_inputs(out, cfg, resuming)
     torch.manual_seed(cfg.run.seed)
     policy = build_policy(cfg.backbone, cfg.lora, keep_reference=keep_reference, world=world)
     cfg.sampling.cfg_scale = resolve_cfg_scale(policy.backbone, cfg.sampling.cfg_scale)  # saved resolved
@@ -101,12 +103,37 @@ def setup(cfg: Any, resume: bool, *, check: Callable[[Any, int], None], stamp: d
     start = _resume(out, cfg, policy, optimizer, stamp) if resume else 0
     if rank == 0:
         write_run_info(out, cfg, stamp["config"])
+        write_atomic(out / INPUTS, json.dumps(input_digests(cfg), indent=2) + "\n")
     run = TrainingRun(cfg, rank, world, policy, optimizer, reward, pool, out, start, stamp)
     if rank == 0:
         run.tracker = run.closing.enter_context(Tracker(out, cfg.run.report_to, start, to_dict(cfg), str(out)))
     progress = run.closing.enter_context(Progress("train", cfg.run.progress and rank == 0, transient=False))
     run.progress_task = progress.task(stamp["config"], cfg.run.steps, "steps", completed=start)
     return run
+
+
+INPUTS = "inputs.json"  # the digests of the files a run reads, beside its config.yaml
+
+
+def input_digests(cfg: Any) -> dict[str, str]:
+    """sha256 of the input files (the prompts; distill / dpo: the scores they keep images by): config.yaml
+    names their paths, and a file rewritten in place keeps its path."""
+    files = {"prompts": cfg.prompts, "samples/scores.jsonl": getattr(cfg, "samples", "") and
+             str(Path(cfg.samples) / "scores.jsonl")}
+    return {k: sha256_file(Path(v)) for k, v in files.items() if v and Path(v).is_file()}
+
+
+def check_same_inputs(out: Path, cfg: Any, resuming: bool) -> None:
+    """A resume reads the same input files as the run it continues, byte for byte."""
+    saved = out / INPUTS
+    if not resuming or not saved.is_file():
+        return
+    old, now = read_json(saved), input_digests(cfg)
+    changed = [k for k in old if now.get(k) != old[k]] if isinstance(old, dict) else ["inputs.json"]
+    if changed:
+        raise InputError(f"{out}: its run read another {changed[0]} (sha256 {str(old.get(changed[0]))[:12]}..., now "
+                         f"{str(now.get(changed[0]))[:12]}...); resume with the file it was started with, or use "
+                         "another run.out")
 
 
 def _load_pool(cfg: Any, load_pool: Callable[[Any], list] | None) -> list:

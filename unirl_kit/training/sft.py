@@ -80,15 +80,17 @@ def run_sft(cfg: SFTConfig, resume: bool = False) -> dict[str, Any]:
 
 def _kept_images(cfg: SFTConfig) -> list:
     """Offline self-RAFT's data: the judge's best images of the samples folder."""
-    from unirl_kit.training.distill_data import load_kept
+    from unirl_kit.training.distill_data import check_judge, load_kept
 
+    check_judge(Path(cfg.samples), cfg.rewards, cfg.reward_options)
     return load_kept(Path(cfg.samples), cfg.keep_top, cfg.threshold)
 
 
 def _pairs(cfg: SFTConfig) -> list:
     """DPO's data: each prompt's best and worst image by the judge."""
-    from unirl_kit.training.distill_data import load_pairs
+    from unirl_kit.training.distill_data import check_judge, load_pairs
 
+    check_judge(Path(cfg.samples), cfg.rewards, cfg.reward_options)
     return load_pairs(Path(cfg.samples))
 
 

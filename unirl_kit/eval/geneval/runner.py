@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from unirl_kit.config import check_ranges, to_dict, write_run_info
+from unirl_kit.config import check_ranges, same_setting, to_dict, write_run_info
 from unirl_kit.eval.geneval import summary as summ
 from unirl_kit.eval.geneval.detectors import check_detector
 from unirl_kit.eval.geneval.layout import JOIN_KEY, ImageItem, add_join_key, load_image, scan_images
@@ -109,8 +109,10 @@ def _check_same_run(out: Path, cfg: GenevalConfig) -> None:
     new = _fingerprint(cfg)
     for key, value in new.items():
         if key in old and old[key] != value:
-            raise InputError(f"{out}: holds results made with {key}={old[key]!r}, not {value!r}; "
-                             "use another --out, or delete the folder to start over")
+            same = key == "images_dir" and same_setting(old[key], value)  # its rows name images by that path
+            hint = f"give IMAGES_DIR as {old[key]!r} from where it ran, " if same else ""
+            raise InputError(f"{out}: holds results made with {key}={old[key]!r}, not {value!r}; {hint}use another "
+                             "--out, or delete the folder to start over")
 
 
 def _rows_for(batch: list[ImageItem], detector: Any, colors: Any, cfg: GenevalConfig) -> list[dict[str, Any]]:

@@ -29,7 +29,7 @@ from unirl_kit.config import check_ranges, to_dict, write_run_info
 from unirl_kit.distributed import rank_and_world
 from unirl_kit.eval.understanding.common import results_path
 from unirl_kit.eval.understanding.protocols import Context, plan
-from unirl_kit.jsonl import read_json, write_atomic
+from unirl_kit.jsonl import read_json, sha256_file, write_atomic
 from unirl_kit.locking import holds_output_locks, lock_output
 from unirl_kit.progress import Progress
 from unirl_kit.types import InputError
@@ -69,7 +69,7 @@ class UnderstandingConfig:
 
 
 def _digest(path: str | Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+    return sha256_file(Path(path))[:16]
 
 
 def model_stamp(cfg: UnderstandingConfig, backbone: Any = None) -> str | None:
