@@ -452,7 +452,7 @@ SLOTS = [
                  "number-line2": "expected a JSON object", "folder": "is a folder"}),
     Slot("train sft distill scores.jsonl",
          lambda c, p: c.runs.sft_args(f"prompts={c.runs.prompts}", "mode=distill", f"samples={p}", "keep_top=1",
-                                      f"run.out={c.tmp / 'run'}"),
+                                      "rewards=[geneval-partial]", f"run.out={c.tmp / 'run'}"),  # its judge
          good_score_rows, place=_in_folder(lambda r: r.gen, "scores.jsonl"),
          skip=("empty", "blank", "under-a-file", "fifo", "symlink-loop", "utf16", "nul-line2", "deep-array-line2",
                "string-line2", "null-line2", "bom-then-garbage", "depth-40-line2"),
@@ -775,7 +775,7 @@ def _distinct_rewards(gen: Path) -> Path:
 
 CASES.append(Case("train sft distill tokens.safetensors[garbage]", lambda c: c.runs.sft_args(
     f"prompts={c.runs.prompts}", "mode=distill", f"samples={_distinct_rewards(_damaged_tokens(c, GARBAGE))}",
-    "keep_top=1", f"run.out={c.tmp / 'run'}"), "tokens.safetensors: not a readable"))
+    "keep_top=1", "rewards=[geneval-partial]", f"run.out={c.tmp / 'run'}"), "tokens.safetensors: not a readable"))
 
 
 # ---------------------------------------------------------------- config files and overrides, every command

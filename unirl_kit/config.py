@@ -225,7 +225,7 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "config") -> T:
 
         close = difflib.get_close_matches(unknown[0], names, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise InputError(f"{where}: unknown key {unknown[0]!r}{hint}; known keys: {', '.join(names)}")
+        raise InputError(f"{where or 'settings'}: unknown key {unknown[0]!r}{hint}; known keys: {', '.join(names)}")
     kwargs = {}
     for name in names:
         if name in data:
@@ -236,7 +236,7 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "config") -> T:
     try:
         return cls(**kwargs)
     except TypeError as exc:  # a required field left out
-        raise InputError(f"{where}: {exc}") from None
+        raise InputError(f"{where or 'settings'}: {exc}") from None
 
 
 def to_dict(obj: Any) -> Any:
@@ -269,7 +269,7 @@ def load_config(
     for key, value in cli_set.items():
         data = deep_merge(data, _nest(key, value))
     data = deep_merge(data, translate_moved(cls, parse_overrides(overrides), "command line"))
-    return from_dict(cls, data, "command line")
+    return from_dict(cls, data, "")  # merged layers: an error names the key alone (`run.steps: ...`)
 
 
 def _nest(key: str, value: Any) -> dict[str, Any]:

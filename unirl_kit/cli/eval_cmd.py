@@ -65,9 +65,10 @@ def understanding(
     """Understanding: UniRL's self-QA on generated images, clean renders, POPE, VQA, and the
     generation/understanding imbalance; resumable per protocol.
 
-    More options go in overrides: per_tag=50, pope.strategy=popular, pope.n_images=100,
-    pope.source=generated, imbalance.gen_rule=any, max_new_tokens=32, seed=0, backbone.dtype=bf16,
-    backbone.options.KEY=VALUE, ...
+    More settings go in overrides (defaults shown; alternatives in brackets): per_tag=50
+    pope.strategy=random [popular|adversarial] pope.n_images=60 pope.source=clean [generated]
+    imbalance.gen_rule=majority [any|all] imbalance.und_rule=majority max_new_tokens=32 seed=0
+    backbone.dtype=auto backbone.options.KEY=VALUE ...
     """
     _understanding(protocol, images_dir, geneval_results, vqa, backbone, model, out, device, batch_size, config,
                    overrides)

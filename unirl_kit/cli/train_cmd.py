@@ -39,10 +39,12 @@ def _grpo(config, resume, shortcuts, overrides) -> None:
 @app.command("sft")
 def sft(config: Path | None = CONFIG_OPTION, resume: bool = RESUME, backbone: str | None = BACKBONE_OPTION,
         model: str | None = MODEL_OPTION, overrides: list[str] | None = OVERRIDES_ARG) -> None:
-    """UniRL SFT on the model's own images: mode und, e2e (straight-through Gumbel) or gen-rs.
+    """UniRL SFT on the model's own images: mode und, e2e (straight-through Gumbel), gen-rs (online
+    self-RAFT), distill (offline self-RAFT over a judged samples folder) or dpo (its best/worst pairs).
 
-    Settings in overrides: mode=und prompts_per_step=4 group_size=4 threshold=1.0 (gen-rs)
-    gumbel_tau=1.0 (e2e) rewards=[self-qa] optim.lr=1e-5 lora.enabled=true run.steps=100 run.out=DIR ...
+    Settings in overrides: mode=und prompts_per_step=4 group_size=4 threshold=1.0 keep_top=1 (gen-rs,
+    distill) gumbel_tau=1.0 (e2e) samples=DIR (distill, dpo) dpo_beta=0.1 rewards=[self-qa] optim.lr=1e-5
+    lora.enabled=true run.steps=100 run.out=DIR ...
     """
     _sft(config, resume, _shortcuts(backbone, model), overrides)
 
