@@ -82,6 +82,9 @@ def setup(cfg: Any, resume: bool, *, check: Callable[[Any, int], None], stamp: d
     pool = _load_pool(cfg, load_pool)
     if wants_rewards:
         _check_reward_names(cfg.rewards)
+    from unirl_kit.registry import registry
+
+    registry("backbones").get(cfg.backbone.name)  # a misspelt backbone fails before run.out is made
     out = check_out(cfg.run, resume)
     lock_output(out)
     resuming = resume and latest_checkpoint(out / "checkpoints") is not None
