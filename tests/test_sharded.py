@@ -155,17 +155,27 @@ def test_ranks_of_a_process_group_meet_at_a_barrier(tmp_path: Path) -> None:
     assert [p for p in leftovers(tmp_path) if not p.endswith(".returned")] == []
 
 
-def test_a_stale_marker_never_yields_a_partial_set(tmp_path, monkeypatch):
-    """Rank 1 crashed after an earlier run left its marker: rank 0 merges 4 of 7 rows, keeps them in OUT,
-    clears the markers and refuses to return the set; the rerun computes only rank 1's share."""
+def test_a_stale_marker_is_not_trusted_and_a_partial_set_never_returned(tmp_path, monkeypatch):
+    """A marker an earlier run over other items left does not count (rank 0 waits, then times out naming
+    it). Where rank 1's marker is this run's but its rows are missing, rank 0 keeps the rows it has in
+    OUT, clears markers and parts, and refuses to return the set; the rerun computes only the rest."""
+    from unirl_kit.sharded import _items_token
+
     out = tmp_path / "rows.jsonl"
-    out.with_name("rank1.done").touch()  # marker_prefix "" is what eval geneval uses
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "0")
-    with pytest.raises(InputError, match=r"rows.jsonl: 3 of 7 items have no row yet; rerun the same command"):
-        ShardedJsonl(out, "filename", FIELDS, marker_prefix="").run(
-            ITEMS, lambda it: it, lambda b: [{"filename": it, "n": int(it[3:])} for it in b], 3, timeout_s=5,
+
+    def rank0(timeout_s: float = 5):
+        return ShardedJsonl(out, "filename", FIELDS, marker_prefix="").run(
+            ITEMS, lambda it: it, lambda b: [{"filename": it, "n": int(it[3:])} for it in b], 3, timeout_s=timeout_s,
             stage="test", label="test", show_progress=False)
+
+    out.with_name("rank1.done").write_text(_items_token(ITEMS[:3], lambda it: it))  # a run over 3 items
+    with pytest.raises(TimeoutError, match=r"rank1.done never appeared"):
+        rank0(timeout_s=1)
+    out.with_name("rank1.done").write_text(_items_token(ITEMS, lambda it: it))  # this run's, rows lost
+    with pytest.raises(InputError, match=r"rows.jsonl: 3 of 7 items have no row yet; rerun the same command"):
+        rank0()
     assert sorted(r["n"] for r in lines(out)) == [0, 2, 4, 6] and leftovers(tmp_path) == []
     monkeypatch.setenv("WORLD_SIZE", "1")
     calls: list[str] = []

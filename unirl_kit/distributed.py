@@ -35,10 +35,12 @@ def rank_and_world() -> tuple[int, int]:
     return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
 
 
-def wait_for_files(paths: list[Path], timeout_s: float, what: str) -> None:
+def wait_for_files(paths: list[Path], timeout_s: float, what: str, token: str | None = None) -> None:
+    """Until every path exists (holding `token`, when given: a marker an earlier run left, for other
+    work, does not count)."""
     deadline = time.monotonic() + timeout_s
     while True:
-        missing = [p for p in paths if not p.exists()]
+        missing = [p for p in paths if not _holds(p, token)]
         if not missing:
             return
         if time.monotonic() > deadline:
@@ -47,14 +49,23 @@ def wait_for_files(paths: list[Path], timeout_s: float, what: str) -> None:
         time.sleep(0.2)
 
 
-def wait_for_ranks(markers: list[Path], timeout_s: float, what: str) -> None:
+def _holds(path: Path, token: str | None) -> bool:
+    if token is None:
+        return path.exists()
+    try:
+        return path.read_text() == token
+    except (OSError, UnicodeDecodeError):  # absent, or not written yet
+        return False
+
+
+def wait_for_ranks(markers: list[Path], timeout_s: float, what: str, token: str | None = None) -> None:
     """Every rank has finished its share: a barrier of the process group when one exists (each rank
     calls it), else rank 0 polls the ranks' marker files (each rank touched its own before); other
     ranks return at once, since rank 0 removes the markers once it has merged."""
     dist = _process_group()
     if dist is None:
         if rank_and_world()[0] == 0:
-            wait_for_files(markers, timeout_s, what)
+            wait_for_files(markers, timeout_s, what, token)
         return
     try:
         if dist.get_backend() == "gloo":  # gloo can name the rank that never arrived

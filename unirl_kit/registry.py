@@ -122,7 +122,12 @@ class Registry:
             )
         entry = self._entries[name]
         if isinstance(entry.target, str):
-            entry.target = load_target(entry.target)
+            try:
+                entry.target = load_target(entry.target)
+            except (ImportError, AttributeError) as exc:  # a plugin package's entry point that does not load
+                raise UnknownPluginError(f"{self.group[:-1] if self.group.endswith('s') else self.group} {name!r} "
+                                         f"({entry.target}, from {entry.source}) failed to load: "
+                                         f"{type(exc).__name__}: {exc}") from None
             entry.description = entry.description or _first_doc_line(entry.target)
         return entry.target
 
@@ -137,7 +142,7 @@ class Registry:
         typed = check_call_options(factory, options, where=f"{self.group}.{name}")
         missing = required_options(factory, typed)
         if missing:
-            prefix = _OPTION_PREFIX.get(self.group, f"{self.group}_options")
+            prefix = _OPTION_PREFIX.get(self.group, f"{self.group}_options").format(name=name)
             raise InputError(f"{self.group}.{name}: needs option {missing[0]!r} (give {prefix}.{missing[0]}=...)")
         try:
             return factory(**typed)
@@ -185,7 +190,7 @@ def register(group: str, name: str, target: Any = None, *, description: str = ""
 
 
 _OPTION_PREFIX = {"detectors": "detector_options", "color_classifiers": "color_options",
-                  "backbones": "backbone.options"}  # how a user spells a plugin's options in overrides
+                  "backbones": "backbone.options", "rewards": "reward_options.{name}"}  # as typed in overrides
 
 
 def required_options(factory: Any, given: dict[str, Any]) -> list[str]:

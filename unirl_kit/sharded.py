@@ -44,6 +44,13 @@ def rank_parts(out: Path) -> list[Path]:
     return sorted(out.parent.glob(f"{glob.escape(out.stem)}.rank*.jsonl"))
 
 
+def _items_token(items: Sequence[T], item_key: Callable[[T], Any]) -> str:
+    """A digest of the item keys: every rank of one run computes the same, a run over other items another."""
+    import hashlib
+
+    return hashlib.sha256(json.dumps([str(item_key(it)) for it in items]).encode()).hexdigest()[:16]
+
+
 class ShardedJsonl(Generic[T]):
     """OUT opened for resuming (a damaged file fails here, before anything else is written); `run` then
     does this rank's share, and on rank 0 the merge.
@@ -91,8 +98,9 @@ class ShardedJsonl(Generic[T]):
             self.store.done |= self.merged.done
             self._map(items[self.rank::self.world], item_key, rows_for, batch_size, stage,
                       f"{label} rank {self.rank}", show_progress, unit)
-            self.marker(self.rank).touch()
-            wait_for_ranks([self.marker(r) for r in range(self.world)], timeout_s, "the other ranks")
+            token = _items_token(items, item_key)  # what this run's markers say: a stale one says otherwise
+            self.marker(self.rank).write_text(token)
+            wait_for_ranks([self.marker(r) for r in range(self.world)], timeout_s, "the other ranks", token)
             if self.rank != 0:
                 return None
             for r in range(self.world):

@@ -37,6 +37,8 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             return fn(*args, **kwargs)
         except (InputError, UnknownPluginError, RewardError, TrainingError) as exc:
             fail(str(exc))
+        except TimeoutError as exc:  # ranks that never met: the message says what to wait for or rerun
+            fail(str(exc))
         except Exception as exc:
             if not disk_full(exc):
                 raise  # a real bug: its traceback is what a report needs

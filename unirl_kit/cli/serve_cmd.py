@@ -61,11 +61,11 @@ def _serve_reward(reward: str, host: str, port: int, backbone: str | None, model
 
     check_value("--port", port, Range(0, 65535, why="0 = any free port"))
     reward_options, settings = split_options(options)
-    registry("rewards").get(reward)  # an unknown name fails before any model loads
+    factory = registry("rewards").get(reward)  # an unknown name fails before any model loads
     shortcuts = {k: v for k, v in {"name": backbone, "model": model, "device": device}.items() if v is not None}
     settings = deep_merge(shortcuts, settings)  # as everywhere: options < key=value overrides
     model_obj = None
-    if "name" in settings:
+    if "name" in settings or getattr(factory, "needs_backbone", False):  # as `score`: tiny-shapes by default
         from unirl_kit.backbones.config import (
             BackboneConfig,
             build_backbone,
