@@ -1034,7 +1034,8 @@ cases("loop stage marker", r"eval.done.json", lambda c, v: [
 
 cases("pretrain option", r".", lambda c, v: ["pretrain", f"out={c.tmp / 'pre'}", *PRETRAIN_TINY, *v.split()],
       ["stages=[bogus]", "tokenizer.steps=-1", "tokenizer.lr=nan", "tokenizer.lr=-1", "tokenizer.batch_size=0",
-       "tokenizer.image_size=0", "tokenizer.base_channels=8", "tokenizer.bogus=1", "seed=-1", "gate.threshold=nan",
+       "tokenizer.image_size=0", "tokenizer.image_size=63", "tokenizer.base_channels=8", "tokenizer.bogus=1", "seed=-1",
+       "gate.threshold=nan",
        "vision.steps=-1"])
 cases("pretrain out", r"is a file|not a folder", lambda c, v: ["pretrain", f"out={c.runs.prompts}"], ["a-file"])
 
@@ -1087,7 +1088,8 @@ cases("unirl", r"unirl", lambda c, v: v.split(), ["nosuch", "--bogus", "eval nos
 cases("convert mmdet-mask2former", r".", lambda c, v: ["convert", "mmdet-mask2former", *{
     "missing": [c.tmp / "nope.pth", "--out", c.tmp / "o"], "garbage": [c.file("g.pth", GARBAGE), "--out", c.tmp / "o"],
     "empty": [c.file("e.pth", b""), "--out", c.tmp / "o"], "folder": [c.runs.root, "--out", c.tmp / "o"],
-    "no-out": [c.file("g.pth", GARBAGE)]}[v]], ["missing", "garbage", "empty", "folder", "no-out"])
+    "no-out": [c.file("g.pth", GARBAGE)], "out-a-file": [c.file("g.pth", GARBAGE), "--out", c.runs.prompts]}[v]],
+      ["missing", "garbage", "empty", "folder", "no-out", "out-a-file"])
 
 
 # ---------------------------------------------------------------- faults: a full disk on every writing command

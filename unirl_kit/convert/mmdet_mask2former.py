@@ -111,6 +111,8 @@ def convert_checkpoint(checkpoint: str | Path, out: str | Path, trust_pickle: bo
                        force: bool = False) -> Path:
     """Write `out/` (config.json, model.safetensors, preprocessor_config.json, conversion.json)."""
     out_dir = Path(out).expanduser()
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError(f"--out {out}: is a file, not a folder; give a new folder for the converted model")
     if out_dir.exists() and any(out_dir.iterdir()) and not force:
         raise InputError(f"--out {out}: folder exists and is not empty; give a new folder or pass --force")
     state, meta = load_checkpoint(checkpoint, trust_pickle)

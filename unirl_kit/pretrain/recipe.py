@@ -51,6 +51,10 @@ def run_pretrain(cfg: PretrainConfig) -> dict:
         if getattr(cfg.tokenizer, name) % 32:
             raise InputError(f"tokenizer.{name}: must be a multiple of 32 (GroupNorm(32)), got "
                              f"{getattr(cfg.tokenizer, name)}")
+    down = 2 ** (len(cfg.tokenizer.channel_multiplier) - 1)  # the tokenizer halves the side this often
+    if cfg.tokenizer.image_size % down:
+        raise InputError(f"tokenizer.image_size: must be a multiple of {down} (the encoder downsamples "
+                         f"{len(cfg.tokenizer.channel_multiplier) - 1} times), got {cfg.tokenizer.image_size}")
     unknown = [s for s in cfg.stages if s not in STAGES]
     if unknown:
         raise InputError(f"stages: unknown stage {unknown[0]!r}; expected some of {', '.join(STAGES)}")
