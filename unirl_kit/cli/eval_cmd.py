@@ -86,5 +86,8 @@ def _understanding(protocol, images_dir, geneval_results, vqa, backbone, model, 
         "backbone.name": backbone, "backbone.model": model, "backbone.device": device, "out": out and str(out),
         "batch_size": batch_size}, list(overrides or []))
     summary = run_understanding(cfg)
-    print_tables(summary)
-    typer.echo(f"summary: {Path(cfg.out) / 'summary.json'}; rows: {Path(cfg.out) / 'rows.jsonl'}")
+    from unirl_kit.distributed import rank_and_world
+
+    if rank_and_world()[0] == 0:  # the rank that wrote the files reports them
+        print_tables(summary)
+        typer.echo(f"summary: {Path(cfg.out) / 'summary.json'}; rows: {Path(cfg.out) / 'rows.jsonl'}")
