@@ -43,6 +43,8 @@ class Conversion:
 def load_checkpoint(path: str | Path, trust_pickle: bool = False) -> tuple[dict[str, torch.Tensor], dict]:
     """(state dict, meta) of an mmdet .pth; tensors only unless the user trusts the file's pickle."""
     p = Path(path).expanduser()
+    if p.is_dir():
+        raise InputError(f"{path}: is a folder; give the mmdet checkpoint file (.pth)")
     if not p.is_file():
         raise InputError(f"{path}: file not found; give the mmdet checkpoint (.pth)")
     try:
@@ -58,6 +60,9 @@ def load_checkpoint(path: str | Path, trust_pickle: bool = False) -> tuple[dict[
         if isinstance(exc, pickle.UnpicklingError) and found and not trust_pickle:
             raise InputError(f"{path}: holds pickled objects besides tensors ({found[0][:200]}); if you trust "
                              "the file, rerun with --trust-pickle") from None
+        at = next((i for i, line in enumerate(lines) if line.lower().endswith("unpickler error:")), None)
+        cause = lines[at + 1] if at is not None and at + 1 < len(lines) else None  # the line after says what
+        first = cause[:200] if cause else first.split(" Re-running")[0]  # torch's own advice is not ours
         raise InputError(f"{path}: not a readable torch checkpoint ({type(exc).__name__}: {first})") from None
     state = obj.get("state_dict", obj) if isinstance(obj, dict) else None
     if not isinstance(state, Mapping) or not state or not all(torch.is_tensor(v) for v in state.values()):
@@ -116,7 +121,10 @@ def convert_checkpoint(checkpoint: str | Path, out: str | Path, trust_pickle: bo
     if out_dir.exists() and any(out_dir.iterdir()) and not force:
         raise InputError(f"--out {out}: folder exists and is not empty; give a new folder or pass --force")
     state, meta = load_checkpoint(checkpoint, trust_pickle)
-    conv = convert_state_dict(state, _meta_classes(meta))
+    try:
+        conv = convert_state_dict(state, _meta_classes(meta))
+    except InputError as exc:
+        raise InputError(f"{checkpoint}: {exc}") from None
     model = fill_model(conv)
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir)
