@@ -101,8 +101,11 @@ def test_a_prompts_file_rewritten_in_place_is_refused_on_resume(tmp_path, prompt
     mine.write_bytes(prompts.read_bytes())
     cfg = _grpo(tmp_path, mine)
     (tmp_path / INPUTS).write_text(json.dumps(input_digests(cfg)))
-    check_same_inputs(tmp_path, cfg, resuming=True)
+    check_same_inputs(tmp_path, input_digests(cfg), resuming=True)
     mine.write_text(mine.read_text().splitlines()[0] + "\n")  # same path, other prompts
     with pytest.raises(InputError, match=r"its run read another prompts \(sha256 [0-9a-f]{12}\.\.\., now"):
-        check_same_inputs(tmp_path, cfg, resuming=True)
-    check_same_inputs(tmp_path, cfg, resuming=False)  # a fresh run into an empty folder checks nothing
+        check_same_inputs(tmp_path, input_digests(cfg), resuming=True)
+    check_same_inputs(tmp_path, input_digests(cfg), resuming=False)  # a fresh run checks nothing
+    (tmp_path / INPUTS).write_text("[1]")
+    with pytest.raises(InputError, match=r"inputs.json: expected a JSON object of file digests"):
+        check_same_inputs(tmp_path, input_digests(cfg), resuming=True)

@@ -35,18 +35,23 @@ def rank_and_world() -> tuple[int, int]:
     return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
 
 
+RANK_TIMEOUT_S = 3600.0  # how long a rank waits for the others by default (`rank_timeout_s`)
+
+
+def _poll(missing: Callable[[], str | None], timeout_s: float, what: str) -> None:
+    """Every 0.2 s until `missing()` names nothing (None); past the deadline, an error naming it."""
+    deadline = time.monotonic() + timeout_s
+    while (gone := missing()) is not None:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"waited {timeout_s:.0f}s for {what}: {gone}; did a rank crash? rerun with the "
+                               "same arguments to resume")
+        time.sleep(0.2)
+
+
 def wait_for_files(paths: list[Path], timeout_s: float, what: str, token: str | None = None) -> None:
     """Until every path exists (holding `token`, when given: a marker an earlier run left, for other
     work, does not count)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        missing = [p for p in paths if not _holds(p, token)]
-        if not missing:
-            return
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"waited {timeout_s:.0f}s for {what}: {missing[0]} never appeared; "
-                               "did a rank crash? rerun with the same arguments to resume")
-        time.sleep(0.2)
+    _poll(lambda: next((f"{p} never appeared" for p in paths if not _holds(p, token)), None), timeout_s, what)
 
 
 def _holds(path: Path, token: str | None) -> bool:
@@ -83,11 +88,5 @@ def wait_for_rank0(timeout_s: float, what: str, done: Callable[[], bool]) -> Non
     if _process_group() is not None:
         wait_for_ranks([], timeout_s, what)
         return
-    if rank_and_world()[0] == 0:
-        return
-    deadline = time.monotonic() + timeout_s
-    while not done():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"waited {timeout_s:.0f}s for {what}; did rank 0 crash? rerun with the same "
-                               "arguments to resume")
-        time.sleep(0.2)
+    if rank_and_world()[0] != 0:
+        _poll(lambda: None if done() else "rank 0 has not finished", timeout_s, what)

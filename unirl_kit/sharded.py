@@ -124,13 +124,19 @@ class ShardedJsonl(Generic[T]):
                         show_progress=show_progress, unit=unit)
         if self.world == 1:
             return rows or []
-        wait_for_rank0(timeout_s, f"rank 0 to merge {self.out.name}",
-                       done=lambda: len(self._read_ordered(items, item_key)) == len(items))
-        return rows if rows is not None else self._read_ordered(items, item_key)
+        order = {item_key(it): i for i, it in enumerate(items)}
+        seen: list[Row] = []
 
-    def _read_ordered(self, items: Sequence[T], item_key: Callable[[T], Any]) -> list[Row]:
-        """OUT's rows of `items` in their order, read only (rank 0 owns OUT)."""
-        return self._ordered(self._open(self.out).rows, items, item_key) if self.out.exists() else []
+        def merged() -> bool:  # OUT's rows of `items`, read only (rank 0 owns OUT)
+            seen[:] = self._ordered(self._open(self.out).rows, order) if self.out.exists() else []
+            return len(seen) == len(items)
+
+        wait_for_rank0(timeout_s, f"rank 0 to merge {self.out.name}", done=merged)
+        if rows is not None:
+            return rows
+        if not seen and not merged():  # after a barrier `merged` was never polled: read OUT now
+            raise InputError(f"{self.out}: rank 0 merged {len(seen)} of {len(items)} {unit}; rerun the same command")
+        return seen
 
     def _map(self, items: Sequence[T], item_key: Callable[[T], Any], rows_for: Callable[[list[T]], list[Row]],
              batch_size: int, stage: str, label: str, show_progress: bool, unit: str) -> None:
@@ -142,16 +148,15 @@ class ShardedJsonl(Generic[T]):
                 self.store.append(rows_for(batch))
                 task.advance(len(batch))
 
-    def _ordered(self, rows: list[Row], items: Sequence[T], item_key: Callable[[T], Any]) -> list[Row]:
-        """The rows of `items`, in their order."""
-        order = {item_key(it): i for i, it in enumerate(items)}
+    def _ordered(self, rows: list[Row], order: dict[Any, int]) -> list[Row]:
+        """The rows whose key `order` ranks, in that order (item keys -> positions)."""
         return sorted((r for r in rows if self.key(r) in order), key=lambda r: order[self.key(r)])
 
     def _in_order(self, items: Sequence[T], item_key: Callable[[T], Any],
                   upgrade: Callable[[Row, T], Row] | None) -> list[Row]:
         """The merged rows of `items`, in their order; OUT is rewritten if that differs from the file."""
-        kept = self._ordered(self.merged.rows, items, item_key)
         order = {item_key(it): i for i, it in enumerate(items)}
+        kept = self._ordered(self.merged.rows, order)
         rows = [upgrade(r, items[order[self.key(r)]]) for r in kept] if upgrade else kept
         changed = any(new is not old for new, old in zip(rows, kept, strict=True))
         if changed or [self.key(r) for r in rows] != [self.key(r) for r in self.merged.rows]:

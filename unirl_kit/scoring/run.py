@@ -24,6 +24,7 @@ from unirl_kit.backbones.config import (
     inference_backbone,
 )
 from unirl_kit.config import check_ranges, to_dict, write_run_info
+from unirl_kit.distributed import RANK_TIMEOUT_S
 from unirl_kit.eval.geneval.layout import JOIN_KEY, ImageItem, add_join_key, load_image, scan_images
 from unirl_kit.jsonl import read_json, write_atomic
 from unirl_kit.locking import holds_output_locks, lock_output
@@ -49,7 +50,7 @@ class ScoreConfig:
     # built only when a reward needs it (e.g. self-qa: the model that answers); the trainers' shape
     backbone: BackboneConfig = field(default_factory=inference_backbone)
     batch_size: int = 32
-    rank_timeout_s: float = 3600.0
+    rank_timeout_s: float = RANK_TIMEOUT_S
     progress: bool = True
     MOVED_KEYS: ClassVar[dict[str, str]] = MOVED_BACKBONE_KEYS  # the flat keys before issue 19
 

@@ -91,7 +91,8 @@ def setup(cfg: Any, resume: bool, *, check: Callable[[Any, int], None], stamp: d
     unresolved = ("sampling.cfg_scale",) if cfg.sampling.cfg_scale is None else ()
     if resuming:  # the same run or none, before the model loads
         check_same_run(out, cfg, stamp["config"], unresolved)
-    check_same_inputs(out, cfg, resuming)
+    digests = input_digests(cfg)  # read once: checked against a resumed run's, then saved
+    check_same_inputs(out, digests, resuming)
     torch.manual_seed(cfg.run.seed)
     policy = build_policy(cfg.backbone, cfg.lora, keep_reference=keep_reference, world=world)
     cfg.sampling.cfg_scale = resolve_cfg_scale(policy.backbone, cfg.sampling.cfg_scale)  # saved resolved
@@ -106,7 +107,7 @@ def setup(cfg: Any, resume: bool, *, check: Callable[[Any, int], None], stamp: d
     start = _resume(out, cfg, policy, optimizer, stamp) if resume else 0
     if rank == 0:
         write_run_info(out, cfg, stamp["config"])
-        write_atomic(out / INPUTS, json.dumps(input_digests(cfg), indent=2) + "\n")
+        write_atomic(out / INPUTS, json.dumps(digests, indent=2) + "\n")
     run = TrainingRun(cfg, rank, world, policy, optimizer, reward, pool, out, start, stamp)
     if rank == 0:
         run.tracker = run.closing.enter_context(Tracker(out, cfg.run.report_to, start, to_dict(cfg), str(out)))
@@ -126,16 +127,19 @@ def input_digests(cfg: Any) -> dict[str, str]:
     return {k: sha256_file(Path(v)) for k, v in files.items() if v and Path(v).is_file()}
 
 
-def check_same_inputs(out: Path, cfg: Any, resuming: bool) -> None:
-    """A resume reads the same input files as the run it continues, byte for byte."""
+def check_same_inputs(out: Path, digests: dict[str, str], resuming: bool) -> None:
+    """A resume reads the same input files (`input_digests`) as the run it continues, byte for byte."""
     saved = out / INPUTS
     if not resuming or not saved.is_file():
         return
-    old, now = read_json(saved), input_digests(cfg)
-    changed = [k for k in old if now.get(k) != old[k]] if isinstance(old, dict) else ["inputs.json"]
+    old = read_json(saved)
+    if not isinstance(old, dict):
+        raise InputError(f"{saved}: expected a JSON object of file digests; restore it or use another run.out")
+    changed = [k for k in old if digests.get(k) != old[k]]
     if changed:
-        raise InputError(f"{out}: its run read another {changed[0]} (sha256 {str(old.get(changed[0]))[:12]}..., now "
-                         f"{str(now.get(changed[0]))[:12]}...); resume with the file it was started with, or use "
+        k = changed[0]
+        raise InputError(f"{out}: its run read another {k} (sha256 {str(old[k])[:12]}..., now "
+                         f"{str(digests.get(k))[:12]}...); resume with the file it was started with, or use "
                          "another run.out")
 
 

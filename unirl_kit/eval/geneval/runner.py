@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from unirl_kit.config import check_ranges, same_setting, to_dict, write_run_info
+from unirl_kit.distributed import RANK_TIMEOUT_S
 from unirl_kit.eval.geneval import summary as summ
 from unirl_kit.eval.geneval.detectors import check_detector
 from unirl_kit.eval.geneval.layout import JOIN_KEY, ImageItem, add_join_key, load_image, scan_images
@@ -34,7 +35,7 @@ class GenevalConfig:
     color_options: dict = field(default_factory=dict)
     rules: RuleOptions = field(default_factory=RuleOptions)
     batch_size: int = 16
-    rank_timeout_s: float = 3600.0
+    rank_timeout_s: float = RANK_TIMEOUT_S
     progress: bool = True
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from unirl_kit.distributed import RANK_TIMEOUT_S
 from unirl_kit.eval.geneval.layout import ImageItem, load_image, scan_images
 from unirl_kit.jsonl import check_fields, read_jsonl
 from unirl_kit.types import InputError
@@ -53,7 +54,7 @@ def answer_all(backbone: Any, images: Sequence[Any], questions: Sequence[str], b
 
     store.parent.mkdir(parents=True, exist_ok=True)
     rows = ShardedJsonl(store, "key", {"key": str, "answer": str}).run_everywhere(
-        keys, lambda k: k, rows_for, batch_size, timeout_s=3600, stage="eval.understanding", label=label,
+        keys, lambda k: k, rows_for, batch_size, timeout_s=RANK_TIMEOUT_S, stage="eval.understanding", label=label,
         show_progress=False, unit="answers")
     return [r["answer"] for r in rows]
 
