@@ -23,17 +23,7 @@ def grpo(config: Path | None = CONFIG_OPTION, resume: bool = RESUME, backbone: s
     rewards=[self-qa,geneval:0.5] optim.lr=1e-5 lora.enabled=true run.steps=100 run.out=DIR ...
     Under torchrun / accelerate launch, each rank takes prompts_per_step / N whole groups.
     """
-    _grpo(config, resume, _shortcuts(backbone, model), overrides)
-
-
-@user_errors
-def _grpo(config, resume, shortcuts, overrides) -> None:
-    from unirl_kit.training.config import GRPOConfig
-    from unirl_kit.training.grpo import run_grpo
-
-    cfg = resolve(GRPOConfig, config, shortcuts, overrides or [])
-    summary = run_grpo(cfg, resume=resume)
-    typer.echo(json.dumps({k: v for k, v in summary.items() if k != "last"}))
+    _train("grpo", config, resume, {"backbone.name": backbone, "backbone.model": model}, overrides)
 
 
 @app.command("sft")
@@ -46,21 +36,19 @@ def sft(config: Path | None = CONFIG_OPTION, resume: bool = RESUME, backbone: st
     distill) gumbel_tau=1.0 (e2e) samples=DIR (distill, dpo) dpo_beta=0.1 rewards=[self-qa] optim.lr=1e-5
     lora.enabled=true run.steps=100 run.out=DIR ...
     """
-    _sft(config, resume, _shortcuts(backbone, model), overrides)
+    _train("sft", config, resume, {"backbone.name": backbone, "backbone.model": model}, overrides)
 
 
 @user_errors
-def _sft(config, resume, shortcuts, overrides) -> None:
-    from unirl_kit.training.config import SFTConfig
+def _train(recipe: str, config, resume, shortcuts, overrides) -> None:
+    """Either recipe, imported here (torch loads only when a command runs)."""
+    from unirl_kit.training.config import GRPOConfig, SFTConfig
+    from unirl_kit.training.grpo import run_grpo
     from unirl_kit.training.sft import run_sft
 
-    cfg = resolve(SFTConfig, config, shortcuts, overrides or [])
-    summary = run_sft(cfg, resume=resume)
+    cls, run = (GRPOConfig, run_grpo) if recipe == "grpo" else (SFTConfig, run_sft)
+    summary = run(resolve(cls, config, shortcuts, overrides or []), resume=resume)
     typer.echo(json.dumps({k: v for k, v in summary.items() if k != "last"}))
-
-
-def _shortcuts(backbone: str | None, model: str | None) -> dict[str, str | None]:
-    return {"backbone.name": backbone, "backbone.model": model}
 
 
 def register(root: typer.Typer) -> None:
